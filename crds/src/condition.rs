@@ -1,0 +1,208 @@
+//! Condition types and reasons of every Portway resource, and the one pure function that merges
+//! a newly computed condition into a list while keeping `lastTransitionTime` when the status did
+//! not flip (so a resync with nothing new writes nothing).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Condition `status` values.
+pub mod status {
+    pub const TRUE: &str = "True";
+    pub const FALSE: &str = "False";
+    pub const UNKNOWN: &str = "Unknown";
+}
+
+/// Condition types (PascalCase, as `metav1.Condition` recommends).
+pub mod types {
+    /// The object is fully served: pools have nodes, Services have forwarding nodes, a
+    /// ClusterCIDR can hand out CIDRs.
+    pub const READY: &str = "Ready";
+    /// LoadBalancerPool: the node selector matches no Node.
+    pub const NO_NODES: &str = "NoNodes";
+    /// ClusterCIDR: no free CIDR is left in at least one family.
+    pub const EXHAUSTED: &str = "Exhausted";
+    /// ClusterCIDR: 90 % or more of a family's CIDRs are allocated.
+    pub const NEARLY_FULL: &str = "NearlyFull";
+    /// ServiceLoadBalancer, per node: the node agent's rules are installed.
+    pub const FORWARDING: &str = "Forwarding";
+    /// ServiceLoadBalancer: another Service holds one of this Service's ports on every eligible node.
+    pub const PORT_CONFLICT: &str = "PortConflict";
+    /// ServiceLoadBalancer: a pool was chosen for the Service.
+    pub const POOL_SELECTED: &str = "PoolSelected";
+    /// ServiceLoadBalancer: the Service has ready endpoints (required for `externalTrafficPolicy: Local`).
+    pub const ENDPOINTS_READY: &str = "EndpointsReady";
+}
+
+/// Condition reasons (PascalCase, one word each).
+pub mod reasons {
+    // Pools
+    pub const NODES_SELECTED: &str = "NodesSelected";
+    pub const NO_MATCHING_NODES: &str = "NoMatchingNodes";
+    // ServiceLoadBalancer (operator)
+    pub const POOL_MATCHED: &str = "PoolMatched";
+    pub const POOL_ANNOTATED: &str = "PoolAnnotated";
+    pub const NO_MATCHING_POOL: &str = "NoMatchingPool";
+    pub const POOL_NOT_FOUND: &str = "PoolNotFound";
+    pub const POOL_HAS_NO_NODES: &str = "PoolHasNoNodes";
+    pub const PORT_IN_USE: &str = "PortInUse";
+    pub const NO_CONFLICT: &str = "NoConflict";
+    pub const ENDPOINTS_AVAILABLE: &str = "EndpointsAvailable";
+    pub const NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";
+    pub const AGENTS_FORWARDING: &str = "AgentsForwarding";
+    pub const AGENTS_NOT_FORWARDING: &str = "AgentsNotForwarding";
+    pub const INVALID_SERVICE: &str = "InvalidService";
+    // Node agent
+    pub const RULES_APPLIED: &str = "RulesApplied";
+    pub const NO_ENDPOINTS: &str = "NoEndpoints";
+    pub const KERNEL_REJECTED: &str = "KernelRejected";
+    pub const FORWARDING_DISABLED: &str = "ForwardingDisabled";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SHUTTING_DOWN: &str = "ShuttingDown";
+    // ClusterCIDR
+    pub const CIDRS_AVAILABLE: &str = "CIDRsAvailable";
+    pub const NO_FREE_CIDRS: &str = "NoFreeCIDRs";
+    pub const ABOVE_THRESHOLD: &str = "AboveThreshold";
+    pub const BELOW_THRESHOLD: &str = "BelowThreshold";
+    pub const INVALID_SPEC_CIDR: &str = "InvalidSpec";
+    pub const FOREIGN_POD_CIDR: &str = "ForeignPodCIDR";
+}
+
+/// Builds a condition; `last_transition_time` is `now` and is corrected by [`upsert`].
+pub fn new(
+    type_: &str,
+    is_true: bool,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if is_true { status::TRUE } else { status::FALSE }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        observed_generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// Merges `next` into `conditions` (keyed by type). When a condition of that type exists with
+/// the same status, its `lastTransitionTime` is kept; otherwise `next`'s is used. Returns whether
+/// anything other than timestamps changed. Order of `conditions` is kept stable; new types append.
+pub fn upsert(conditions: &mut Vec<Condition>, mut next: Condition) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == next.type_) {
+        Some(old) => {
+            if old.status == next.status {
+                next.last_transition_time = old.last_transition_time.clone();
+            }
+            let changed = old.status != next.status
+                || old.reason != next.reason
+                || old.message != next.message
+                || old.observed_generation != next.observed_generation;
+            *old = next;
+            changed
+        }
+        None => {
+            conditions.push(next);
+            true
+        }
+    }
+}
+
+/// Merges every condition of `next` into `old` (see [`upsert`]) and returns the merged list;
+/// conditions of `old` whose types are not in `next` are dropped (the caller owns all types).
+pub fn merge(old: &[Condition], next: Vec<Condition>) -> Vec<Condition> {
+    let mut merged: Vec<Condition> = Vec::with_capacity(next.len());
+    for mut c in next {
+        if let Some(prev) = old.iter().find(|o| o.type_ == c.type_)
+            && prev.status == c.status
+        {
+            c.last_transition_time = prev.last_transition_time.clone();
+        }
+        merged.push(c);
+    }
+    merged
+}
+
+/// Looks a condition up by type.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// True when a condition of `type_` exists with status `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == status::TRUE)
+}
+
+/// True when both lists hold the same conditions, ignoring `lastTransitionTime` and order.
+pub fn same_ignoring_time(a: &[Condition], b: &[Condition]) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|x| {
+            find(b, &x.type_).is_some_and(|y| {
+                x.status == y.status
+                    && x.reason == y.reason
+                    && x.message == y.message
+                    && x.observed_generation == y.observed_generation
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
+    }
+
+    #[test]
+    fn upsert_keeps_transition_time_when_status_is_unchanged() {
+        let mut list = vec![new(types::READY, true, "A", "m", Some(1), &t(10))];
+        let changed = upsert(
+            &mut list,
+            new(types::READY, true, "A", "m", Some(1), &t(20)),
+        );
+        assert!(!changed);
+        assert_eq!(list[0].last_transition_time, t(10));
+        let changed = upsert(
+            &mut list,
+            new(types::READY, true, "B", "m2", Some(2), &t(30)),
+        );
+        assert!(changed);
+        assert_eq!(
+            list[0].last_transition_time,
+            t(10),
+            "same status keeps the time"
+        );
+        assert_eq!(list[0].reason, "B");
+    }
+
+    #[test]
+    fn upsert_moves_transition_time_when_status_flips() {
+        let mut list = vec![new(types::READY, true, "A", "m", None, &t(10))];
+        assert!(upsert(
+            &mut list,
+            new(types::READY, false, "B", "m", None, &t(20))
+        ));
+        assert_eq!(list[0].last_transition_time, t(20));
+        assert_eq!(list[0].status, status::FALSE);
+    }
+
+    #[test]
+    fn merge_drops_unowned_and_keeps_times() {
+        let old = vec![
+            new(types::READY, true, "A", "m", None, &t(10)),
+            new(types::NO_NODES, false, "A", "m", None, &t(10)),
+        ];
+        let next = vec![
+            new(types::READY, true, "A", "m", None, &t(50)),
+            new(types::PORT_CONFLICT, false, "C", "m", None, &t(50)),
+        ];
+        let merged = merge(&old, next);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].last_transition_time, t(10));
+        assert_eq!(merged[1].last_transition_time, t(50));
+        assert!(same_ignoring_time(&merged, &merged.clone()));
+        assert!(!same_ignoring_time(&merged, &old));
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers of Portway's integration and end-to-end tests.

@@ -1,0 +1,1 @@
+//! The Portway node agent.

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("portway-agent: not implemented yet");
+    std::process::exit(2);
+}

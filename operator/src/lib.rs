@@ -1,0 +1,2 @@
+//! The Portway operator.
+pub mod cli;
