@@ -1,2 +1,8 @@
-//! The Portway operator.
+//! The Portway operator: a pure core (`plan`, `cidr`) that turns observed objects into desired
+//! ones, and thin shells (`controllers`) that read from and write to the API server.
+
+pub mod cidr;
 pub mod cli;
+pub mod controllers;
+pub mod input;
+pub mod plan;

@@ -1,0 +1,1 @@
+//! ClusterCIDR controller (shell): allocates `spec.podCIDRs` for Nodes.

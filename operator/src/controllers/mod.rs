@@ -1,0 +1,3 @@
+//! Thin shells around the pure core: watch, call the core, write what differs.
+
+pub mod clustercidr;
