@@ -5,4 +5,5 @@ pub mod cidr;
 pub mod cli;
 pub mod controllers;
 pub mod input;
+pub mod permissions;
 pub mod plan;
