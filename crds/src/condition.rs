@@ -30,6 +30,8 @@ pub mod types {
     pub const POOL_SELECTED: &str = "PoolSelected";
     /// ServiceLoadBalancer: the Service has ready endpoints (required for `externalTrafficPolicy: Local`).
     pub const ENDPOINTS_READY: &str = "EndpointsReady";
+    /// ClusterCIDR: Nodes this ClusterCIDR selects hold pod CIDRs that no ClusterCIDR contains.
+    pub const FOREIGN_POD_CIDRS: &str = "ForeignPodCIDRs";
 }
 
 /// Condition reasons (PascalCase, one word each).
@@ -49,6 +51,9 @@ pub mod reasons {
     pub const NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";
     pub const AGENTS_FORWARDING: &str = "AgentsForwarding";
     pub const AGENTS_NOT_FORWARDING: &str = "AgentsNotForwarding";
+    /// Agents forward, but no forwarding Node has an address of the pool's types and the
+    /// Service's families.
+    pub const NO_NODE_ADDRESSES: &str = "NoNodeAddresses";
     pub const INVALID_SERVICE: &str = "InvalidService";
     // Node agent
     pub const RULES_APPLIED: &str = "RulesApplied";
@@ -64,6 +69,9 @@ pub mod reasons {
     pub const BELOW_THRESHOLD: &str = "BelowThreshold";
     pub const INVALID_SPEC_CIDR: &str = "InvalidSpec";
     pub const FOREIGN_POD_CIDR: &str = "ForeignPodCIDR";
+    pub const NO_FOREIGN_POD_CIDRS: &str = "NoForeignPodCIDRs";
+    /// The object has a deletionTimestamp and waits for its users to go.
+    pub const TERMINATING: &str = "Terminating";
 }
 
 /// Builds a condition; `last_transition_time` is `now` and is corrected by [`upsert`].

@@ -17,6 +17,9 @@ pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "portway.dev/servicelb";
 pub const SERVICE_FINALIZER: &str = "servicelb.portway.dev/cleanup";
 /// Finalizer the operator keeps on a `ClusterCIDR` while Nodes hold CIDRs from it.
 pub const CLUSTER_CIDR_FINALIZER: &str = "clustercidrs.portway.dev/allocations";
+/// Node annotation naming the `ClusterCIDR` the operator allocated the Node's pod CIDRs from
+/// (written together with `spec.podCIDRs`; read back when allocations are rebuilt at start).
+pub const CLUSTER_CIDR_ANNOTATION: &str = "portway.dev/cluster-cidr";
 
 /// `app.kubernetes.io/managed-by` value on everything Portway creates.
 pub const MANAGED_BY: &str = "portway";
