@@ -16,5 +16,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plan(args) => portway_operator::cli::plan::main(&args),
+        Command::Run(args) => portway_operator::cli::run::main(*args),
+        Command::Migrate(args) => portway_operator::cli::migrate::main(args),
     }
 }

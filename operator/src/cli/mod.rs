@@ -1,4 +1,9 @@
-//! Command line of the `portway` binary.
+//! Command line of the `portway` binary: `crd`, `plan`, `run` (and `migrate`, see
+//! [`migrate`]). `main.rs` only parses and dispatches.
+
+pub mod migrate;
+pub mod plan;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -14,4 +19,11 @@ pub struct Cli {
 pub enum Command {
     /// Print every Portway CustomResourceDefinition as YAML.
     Crd,
+    /// Show what the operator would create and write for a folder of YAML (Services, Nodes,
+    /// EndpointSlices, LoadBalancerPools, ClusterCIDRs), without a cluster.
+    Plan(plan::Args),
+    /// Run the operator against the cluster in the kubeconfig / service account.
+    Run(Box<run::Args>),
+    /// Convert K3s ServiceLB labels and upstream ClusterCIDRs to Portway resources.
+    Migrate(migrate::Args),
 }

@@ -1,0 +1,319 @@
+//! `portway plan DIR...`: what the operator would create and write for a folder of YAML, with
+//! no cluster. Runs the same pure core as the operator, assuming every agent forwards (so the
+//! output shows the ingress each Service gets once its agents run).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use portway_crds::condition::{self, types};
+use serde::Serialize;
+
+use crate::controllers::servicelb::ServiceLbArgs;
+use crate::input::InputSet;
+use crate::plan::{self, Desired, Observed};
+
+/// Output formats.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The objects as YAML documents, with comments.
+    Yaml,
+    /// A readable table.
+    Wide,
+}
+
+/// Arguments of `portway plan`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// YAML files or folders (read one level deep).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+    pub output: Format,
+    #[command(flatten)]
+    pub servicelb: ServiceLbArgs,
+}
+
+/// Builds the core's input from what was read.
+pub fn observed(set: &InputSet) -> Observed {
+    fn arcs<T: Clone>(v: &[T]) -> Vec<Arc<T>> {
+        v.iter().cloned().map(Arc::new).collect()
+    }
+    Observed {
+        services: arcs(&set.services),
+        nodes: arcs(&set.nodes),
+        endpoint_slices: arcs(&set.endpoint_slices),
+        pools: arcs(&set.pools),
+        namespaces: arcs(&set.namespaces),
+        service_load_balancers: arcs(&set.service_load_balancers),
+        daemonsets: Vec::new(),
+        role_bindings: Vec::new(),
+    }
+}
+
+/// Runs the core on `set` and renders the result.
+pub fn render(set: &InputSet, args: &Args, now: Time) -> String {
+    let mut config = args.servicelb.config(now);
+    config.assume_agents_forwarding = true;
+    let desired = plan::desired_state(&observed(set), &config);
+    let cidrs = crate::cidr::plan_for_nodes(&set.nodes, &set.cluster_cidrs);
+    match args.output {
+        Format::Yaml => render_yaml(set, &desired, &cidrs),
+        Format::Wide => render_wide(set, &desired, &cidrs),
+    }
+}
+
+fn yaml<T: Serialize>(v: &T) -> String {
+    match serde_saphyr::to_string(v) {
+        Ok(s) => s,
+        Err(e) => format!("# cannot render as YAML: {e}\n"),
+    }
+}
+
+fn comment_lines(out: &mut String, text: &str) {
+    for line in text.lines() {
+        let _ = writeln!(out, "# {line}");
+    }
+}
+
+fn ingress_list(p: &plan::ServicePlan) -> String {
+    let ips: Vec<&str> = p.ingress.iter().filter_map(|i| i.ip.as_deref()).collect();
+    if ips.is_empty() {
+        "-".to_owned()
+    } else {
+        ips.join(",")
+    }
+}
+
+fn ready_reason(p: &plan::ServicePlan) -> (String, String) {
+    condition::find(&p.conditions, types::READY)
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .unwrap_or_else(|| ("-".to_owned(), String::new()))
+}
+
+fn render_yaml(
+    set: &InputSet,
+    d: &Desired,
+    cidrs: &Result<crate::cidr::CidrPlan, crate::cidr::CidrPlanError>,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# portway plan: {} LoadBalancer Services served, {} ignored; agents assumed forwarding on every usable node",
+        d.services
+            .iter()
+            .filter(|s| s.service_load_balancer.is_some())
+            .count(),
+        d.ignored.len()
+    );
+    for s in &set.skipped {
+        let _ = writeln!(out, "# skipped {} ({}): {}", s.object, s.source, s.reason);
+    }
+    for p in &d.services {
+        let (reason, message) = ready_reason(p);
+        let _ = writeln!(out, "---");
+        let _ = writeln!(
+            out,
+            "# Service {}: {} ({reason}); pool {}; ingress {}",
+            p.service,
+            p.state.as_str(),
+            p.pool.as_deref().unwrap_or("-"),
+            ingress_list(p)
+        );
+        comment_lines(&mut out, &message);
+        if let Some(ds) = &p.daemonset {
+            out.push_str(&yaml(ds));
+            let _ = writeln!(out, "---");
+        } else {
+            let _ = writeln!(out, "# no DaemonSet");
+        }
+        if let Some(slb) = &p.service_load_balancer {
+            out.push_str(&yaml(slb));
+            let _ = writeln!(out, "---");
+        }
+        let status = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": p.service.name, "namespace": p.service.namespace},
+            "status": {"loadBalancer": {"ingress": p.ingress}},
+        });
+        let _ = writeln!(out, "# Service status written by the operator:");
+        out.push_str(&yaml(&status));
+    }
+    for (key, why) in &d.ignored {
+        let _ = writeln!(out, "---\n# Service {key} ignored: {why}");
+    }
+    for rb in &d.role_bindings {
+        let _ = writeln!(out, "---");
+        out.push_str(&yaml(rb));
+    }
+    for pool in &d.pools {
+        let _ = writeln!(out, "---");
+        let doc = serde_json::json!({
+            "apiVersion": portway_crds::names::API_VERSION,
+            "kind": "LoadBalancerPool",
+            "metadata": {"name": pool.name},
+            "status": pool.status,
+        });
+        out.push_str(&yaml(&doc));
+    }
+    let _ = writeln!(out, "---");
+    match cidrs {
+        Ok(plan) => {
+            let _ = writeln!(out, "# Pod CIDRs per Node (ClusterCIDR controller):");
+            out.push_str(&yaml(plan));
+        }
+        Err(e) => {
+            let _ = writeln!(out, "# Pod CIDRs per Node: not shown: {e}");
+        }
+    }
+    out
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}   ", w = widths[c]);
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+fn render_wide(
+    set: &InputSet,
+    d: &Desired,
+    cidrs: &Result<crate::cidr::CidrPlan, crate::cidr::CidrPlanError>,
+) -> String {
+    let mut rows = vec![vec![
+        "SERVICE".to_owned(),
+        "STATE".to_owned(),
+        "POOL".to_owned(),
+        "DATAPLANE".to_owned(),
+        "POLICY".to_owned(),
+        "PORTS".to_owned(),
+        "DAEMONSET".to_owned(),
+        "INGRESS".to_owned(),
+        "REASON".to_owned(),
+    ]];
+    for p in &d.services {
+        let slb = p.service_load_balancer.as_ref();
+        let ports = slb
+            .map(|s| {
+                s.spec
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}/{}", p.protocol.as_str(), p.port))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_else(|| "-".to_owned());
+        rows.push(vec![
+            p.service.to_string(),
+            p.state.as_str().to_owned(),
+            p.pool.clone().unwrap_or_else(|| "-".to_owned()),
+            slb.map(|s| s.spec.dataplane.as_str().to_owned())
+                .unwrap_or_else(|| "-".to_owned()),
+            slb.map(|s| format!("{:?}", s.spec.external_traffic_policy))
+                .unwrap_or_else(|| "-".to_owned()),
+            ports,
+            p.daemonset
+                .as_ref()
+                .and_then(|d| d.metadata.name.clone())
+                .unwrap_or_else(|| "-".to_owned()),
+            ingress_list(p),
+            ready_reason(p).0,
+        ]);
+    }
+    for (key, why) in &d.ignored {
+        rows.push(vec![
+            key.to_string(),
+            "ignored".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            why.clone(),
+        ]);
+    }
+    let mut out = table(&rows);
+    let problems: Vec<String> = d
+        .services
+        .iter()
+        .filter(|p| p.state != plan::ServiceState::Serving)
+        .map(|p| format!("{}: {}", p.service, ready_reason(p).1))
+        .collect();
+    if !problems.is_empty() {
+        out.push('\n');
+        for line in problems {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out.push('\n');
+    let mut pools = vec![vec![
+        "POOL".to_owned(),
+        "NODES".to_owned(),
+        "SERVICES".to_owned(),
+        "READY".to_owned(),
+    ]];
+    for p in &d.pools {
+        pools.push(vec![
+            p.name.clone(),
+            p.status.nodes.to_string(),
+            p.status.services.to_string(),
+            condition::find(&p.status.conditions, types::READY)
+                .map(|c| c.status.clone())
+                .unwrap_or_default(),
+        ]);
+    }
+    out.push_str(&table(&pools));
+    out.push('\n');
+    match cidrs {
+        Ok(plan) => {
+            let _ = writeln!(out, "Pod CIDRs per Node:");
+            out.push_str(&yaml(plan));
+        }
+        Err(e) => {
+            let _ = writeln!(out, "Pod CIDRs per Node: not shown: {e}");
+        }
+    }
+    for s in &set.skipped {
+        let _ = writeln!(out, "skipped {} ({}): {}", s.object, s.source, s.reason);
+    }
+    out
+}
+
+/// Runs `portway plan`: reads the input, prints the plan; exit code 1 when the input cannot be
+/// read at all (invalid documents are reported and skipped, as the API server would reject them).
+pub fn main(args: &Args) -> std::process::ExitCode {
+    let set = match crate::input::read_paths(&args.paths) {
+        Ok(set) => set,
+        Err(e) => {
+            eprintln!("portway plan: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    print!("{}", render(&set, args, now));
+    std::process::ExitCode::SUCCESS
+}

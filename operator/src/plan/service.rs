@@ -1,0 +1,422 @@
+//! The per-Service half of the core: ServiceLoadBalancer, DaemonSet, ingress, conditions and
+//! Events of one Service, from its assignment, its agents' reports and its EndpointSlices.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference};
+use portway_crds::condition::{self, reasons, types};
+use portway_crds::names as n;
+use portway_crds::{
+    ServiceLoadBalancer, ServiceLoadBalancerSpec, ServiceLoadBalancerStatus, TrafficPolicy,
+};
+
+use super::assign::{Assignment, NodeInfo, Placed, Placement, ServiceAssignment};
+use super::{
+    Config, FinalizerAction, Key, ServicePlan, ServiceState, conditions, daemonset, ingress,
+};
+
+fn cond(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    config: &Config,
+) -> Condition {
+    condition::new(type_, ok, reason, message, generation, &config.now)
+}
+
+/// The ServiceLoadBalancer spec of a placed Service.
+pub fn slb_spec(placed: &Placed, assignment: &Assignment) -> ServiceLoadBalancerSpec {
+    let dataplane = assignment
+        .pools
+        .get(&placed.pool)
+        .map(|p| p.pool.spec.dataplane)
+        .unwrap_or_default();
+    ServiceLoadBalancerSpec {
+        pool: placed.pool.clone(),
+        dataplane,
+        ports: placed.shape.ports.clone(),
+        cluster_ips: placed.shape.cluster_ips.clone(),
+        ip_families: placed.shape.ip_families.clone(),
+        external_traffic_policy: placed.shape.external_traffic_policy,
+        source_ranges: placed.shape.source_ranges.clone(),
+    }
+}
+
+fn describe_blocks(placed: &Placed) -> String {
+    placed
+        .blocks
+        .iter()
+        .map(|b| {
+            let holders: Vec<String> = b.holders.iter().map(Key::to_string).collect();
+            format!(
+                "{}/{} is held by Service {} on {} of {} eligible nodes",
+                b.protocol.as_str(),
+                b.port,
+                holders.join(", "),
+                b.nodes_blocked,
+                placed.eligible.len()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Plans one Service.
+pub fn plan_service(
+    a: &ServiceAssignment,
+    assignment: &Assignment,
+    slb: Option<&ServiceLoadBalancer>,
+    slices: &[Arc<EndpointSlice>],
+    config: &Config,
+) -> ServicePlan {
+    let mut plan = ServicePlan {
+        service: a.key.clone(),
+        state: ServiceState::CleaningUp,
+        finalizer: if a.has_finalizer {
+            FinalizerAction::Remove
+        } else {
+            FinalizerAction::None
+        },
+        pool: None,
+        service_load_balancer: None,
+        daemonset: None,
+        ingress: Vec::new(),
+        conditions: Vec::new(),
+        events: Vec::new(),
+    };
+    let unplaced = |plan: &mut ServicePlan, state, reason: &str, message: String| {
+        plan.state = state;
+        let ready = cond(types::READY, false, reason, message, None, config);
+        plan.events.push(conditions::unplaced_event(&ready));
+        if state == ServiceState::NoPool {
+            let selected = cond(
+                types::POOL_SELECTED,
+                false,
+                reason,
+                ready.message.clone(),
+                None,
+                config,
+            );
+            plan.conditions.push(selected);
+        }
+        plan.conditions.push(ready);
+    };
+    match &a.placement {
+        Placement::Released => {}
+        Placement::Invalid(message) => unplaced(
+            &mut plan,
+            ServiceState::Invalid,
+            reasons::INVALID_SERVICE,
+            format!("Portway cannot serve this Service: {message}"),
+        ),
+        Placement::NoPool { annotated: Some(pool) } => unplaced(
+            &mut plan,
+            ServiceState::NoPool,
+            reasons::POOL_NOT_FOUND,
+            format!(
+                "the {} annotation names LoadBalancerPool {pool:?}, which does not exist",
+                n::POOL_ANNOTATION
+            ),
+        ),
+        Placement::NoPool { annotated: None } => unplaced(
+            &mut plan,
+            ServiceState::NoPool,
+            reasons::NO_MATCHING_POOL,
+            "no LoadBalancerPool with autoAssign selects this Service (check the pools' serviceSelector and namespaceSelector, or set the portway.dev/pool annotation)".to_owned(),
+        ),
+        Placement::Placed(placed) => plan_placed(&mut plan, a, placed, assignment, slb, slices, config),
+    }
+    plan
+}
+
+fn plan_placed(
+    plan: &mut ServicePlan,
+    a: &ServiceAssignment,
+    placed: &Placed,
+    assignment: &Assignment,
+    slb: Option<&ServiceLoadBalancer>,
+    slices: &[Arc<EndpointSlice>],
+    config: &Config,
+) {
+    plan.finalizer = FinalizerAction::Ensure;
+    plan.pool = Some(placed.pool.clone());
+    let Some(pool) = assignment.pools.get(&placed.pool) else {
+        return;
+    };
+    let spec = slb_spec(placed, assignment);
+    // The generation the API server gives the ServiceLoadBalancer once this spec is applied.
+    let generation = match slb.map(|s| (&s.spec, s.metadata.generation)) {
+        Some((old, Some(g))) if *old == spec => Some(g),
+        Some((_, Some(g))) => Some(g + 1),
+        _ => Some(1),
+    };
+    let c = |type_: &str, ok: bool, reason: &str, message: String| {
+        cond(type_, ok, reason, message, generation, config)
+    };
+
+    let eligible = placed.eligible.len();
+    let usable_idx: Vec<usize> = placed.usable.iter().collect();
+    let usable: Vec<&NodeInfo> = usable_idx
+        .iter()
+        .filter_map(|i| assignment.nodes.get(*i))
+        .collect();
+    let local = placed.shape.external_traffic_policy == TrafficPolicy::Local;
+    let endpoint_nodes = ingress::ready_endpoint_nodes(slices);
+    let forwarding = ingress::forwarding_nodes(slb);
+    let is_forwarding =
+        |n: &&NodeInfo| config.assume_agents_forwarding || forwarding.contains(&n.name);
+    let has_endpoint = |n: &&NodeInfo| endpoint_nodes.contains(&n.name);
+
+    let mut conds = Vec::new();
+    conds.push(c(
+        types::POOL_SELECTED,
+        true,
+        if placed.annotated {
+            reasons::POOL_ANNOTATED
+        } else {
+            reasons::POOL_MATCHED
+        },
+        if placed.annotated {
+            format!(
+                "LoadBalancerPool {} (named by the {} annotation)",
+                placed.pool,
+                n::POOL_ANNOTATION
+            )
+        } else {
+            format!(
+                "LoadBalancerPool {} (priority {}) selects this Service",
+                placed.pool, pool.pool.spec.priority
+            )
+        },
+    ));
+
+    let conflict = placed.port_conflict();
+    conds.push(if conflict {
+        c(
+            types::PORT_CONFLICT,
+            true,
+            reasons::PORT_IN_USE,
+            format!("no eligible node is free: {}", describe_blocks(placed)),
+        )
+    } else if placed.blocks.is_empty() {
+        c(
+            types::PORT_CONFLICT,
+            false,
+            reasons::NO_CONFLICT,
+            "every port is free on every eligible node".to_owned(),
+        )
+    } else {
+        c(
+            types::PORT_CONFLICT,
+            false,
+            reasons::NO_CONFLICT,
+            format!(
+                "{} of {eligible} eligible nodes are usable ({}); the others are left out",
+                usable.len(),
+                describe_blocks(placed)
+            ),
+        )
+    });
+
+    let usable_with_endpoints = usable.iter().copied().filter(has_endpoint).count();
+    let endpoints_ok = if local {
+        usable_with_endpoints > 0
+    } else {
+        ingress::any_ready_endpoint(slices)
+    };
+    conds.push(if endpoints_ok {
+        c(
+            types::ENDPOINTS_READY,
+            true,
+            reasons::ENDPOINTS_AVAILABLE,
+            if local {
+                format!(
+                    "{usable_with_endpoints} of {} usable nodes have a ready endpoint",
+                    usable.len()
+                )
+            } else {
+                "the Service has ready endpoints".to_owned()
+            },
+        )
+    } else {
+        c(
+            types::ENDPOINTS_READY,
+            false,
+            reasons::NO_READY_ENDPOINTS,
+            if local {
+                "externalTrafficPolicy is Local and no usable node has a ready endpoint".to_owned()
+            } else {
+                "the Service has no ready endpoint".to_owned()
+            },
+        )
+    });
+
+    let forwarding_nodes: Vec<&NodeInfo> = usable.iter().copied().filter(is_forwarding).collect();
+    let publish: Vec<&NodeInfo> = forwarding_nodes
+        .iter()
+        .copied()
+        .filter(|n| !local || has_endpoint(n))
+        .collect();
+    let types_ = &pool.pool.spec.address_types;
+    plan.ingress = ingress::ingress(&publish, types_, &placed.shape.ip_families);
+
+    let (state, ready) = if eligible == 0 {
+        (
+            ServiceState::NoNodes,
+            c(
+                types::READY,
+                false,
+                reasons::POOL_HAS_NO_NODES,
+                format!("LoadBalancerPool {} selects no Node", placed.pool),
+            ),
+        )
+    } else if conflict {
+        (
+            ServiceState::PortConflict,
+            c(
+                types::READY,
+                false,
+                reasons::PORT_IN_USE,
+                format!("no eligible node is free: {}", describe_blocks(placed)),
+            ),
+        )
+    } else if local && usable_with_endpoints == 0 {
+        (
+            ServiceState::NoEndpoints,
+            c(
+                types::READY,
+                false,
+                reasons::NO_READY_ENDPOINTS,
+                "externalTrafficPolicy is Local and no usable node has a ready endpoint, so no node is published".to_owned(),
+            ),
+        )
+    } else if publish.is_empty() {
+        (
+            ServiceState::Waiting,
+            c(
+                types::READY,
+                false,
+                reasons::AGENTS_NOT_FORWARDING,
+                format!(
+                    "waiting for node agents: 0 of {} {}nodes report Forwarding=True",
+                    if local {
+                        usable_with_endpoints
+                    } else {
+                        usable.len()
+                    },
+                    if local {
+                        "usable nodes with endpoints "
+                    } else {
+                        "usable "
+                    }
+                ),
+            ),
+        )
+    } else if plan.ingress.is_empty() {
+        let wanted: Vec<&str> = types_.iter().map(|t| t.as_str()).collect();
+        let fams: Vec<&str> = placed
+            .shape
+            .ip_families
+            .iter()
+            .map(|f| f.as_str())
+            .collect();
+        (
+            ServiceState::Waiting,
+            c(
+                types::READY,
+                false,
+                reasons::NO_NODE_ADDRESSES,
+                format!(
+                    "{} nodes forward but none has a {} address of family {}",
+                    publish.len(),
+                    wanted.join(" or "),
+                    fams.join("/")
+                ),
+            ),
+        )
+    } else {
+        let addrs: Vec<&str> = plan
+            .ingress
+            .iter()
+            .filter_map(|i| i.ip.as_deref())
+            .collect();
+        (
+            ServiceState::Serving,
+            c(
+                types::READY,
+                true,
+                reasons::AGENTS_FORWARDING,
+                format!(
+                    "published {} on {} of {} usable nodes",
+                    addrs.join(", "),
+                    publish.len(),
+                    usable.len()
+                ),
+            ),
+        )
+    };
+    conds.push(ready);
+    plan.state = state;
+
+    let old_conditions: &[Condition] = slb
+        .and_then(|s| s.status.as_ref())
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or(&[]);
+    plan.events = conditions::transition_events(old_conditions, &conds);
+    let merged = condition::merge(old_conditions, conds);
+    plan.conditions = merged.clone();
+
+    let owner = a
+        .service
+        .metadata
+        .uid
+        .as_ref()
+        .filter(|u| !u.is_empty())
+        .map(|uid| {
+            vec![OwnerReference {
+                api_version: "v1".to_owned(),
+                kind: "Service".to_owned(),
+                name: a.key.name.clone(),
+                uid: uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]
+        });
+    plan.service_load_balancer = Some(ServiceLoadBalancer {
+        metadata: ObjectMeta {
+            name: Some(a.key.name.clone()),
+            namespace: Some(a.key.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (n::LABEL_MANAGED_BY.to_owned(), n::MANAGED_BY.to_owned()),
+                (
+                    n::LABEL_POOL.to_owned(),
+                    super::names::label_value(&placed.pool),
+                ),
+            ])),
+            owner_references: owner,
+            ..Default::default()
+        },
+        spec,
+        status: Some(ServiceLoadBalancerStatus {
+            observed_generation: generation,
+            conditions: merged,
+            nodes: Vec::new(),
+        }),
+    });
+
+    if !placed.usable.is_empty() {
+        let excluded = assignment.node_names(&placed.eligible.minus(&placed.usable));
+        plan.daemonset = Some(daemonset::build(
+            &a.key,
+            &pool.pool,
+            &placed.pool,
+            &placed.shape,
+            &excluded,
+            config,
+        ));
+    }
+}
