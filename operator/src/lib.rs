@@ -5,5 +5,6 @@ pub mod cidr;
 pub mod cli;
 pub mod controllers;
 pub mod input;
+pub mod migrate;
 pub mod permissions;
 pub mod plan;

@@ -28,7 +28,10 @@ use crate::migrate::{self, render};
 pub struct Args {
     /// YAML files or folders (read one level deep) with Nodes, Services and upstream
     /// ClusterCIDRs, e.g. the output of `kubectl get nodes,services -A -o yaml`.
-    #[arg(required_unless_present = "from_cluster", conflicts_with = "from_cluster")]
+    #[arg(
+        required_unless_present = "from_cluster",
+        conflicts_with = "from_cluster"
+    )]
     pub paths: Vec<PathBuf>,
     /// Read Nodes, Services and networking.k8s.io/v1alpha1 ClusterCIDRs from the cluster in the
     /// kubeconfig instead (read-only: list requests only).
