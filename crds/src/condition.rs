@@ -61,6 +61,8 @@ pub mod reasons {
     pub const KERNEL_REJECTED: &str = "KernelRejected";
     pub const FORWARDING_DISABLED: &str = "ForwardingDisabled";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The agent's netns has no usable address of any of the Service's families.
+    pub const NO_ADDRESSES: &str = "NoAddresses";
     pub const SHUTTING_DOWN: &str = "ShuttingDown";
     // ClusterCIDR
     pub const CIDRS_AVAILABLE: &str = "CIDRsAvailable";
