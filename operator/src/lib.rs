@@ -5,6 +5,7 @@ pub mod cidr;
 pub mod cli;
 pub mod controllers;
 pub mod input;
+pub mod metrics;
 pub mod migrate;
 pub mod permissions;
 pub mod plan;

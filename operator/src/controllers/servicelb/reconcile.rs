@@ -1,0 +1,226 @@
+//! Reconcile of one Service: plan it with the pure core, then write only what differs. The
+//! finalizer is the only top-level decision: a served Service gets it before anything is
+//! created; a Service that is no longer served (deleted, type or class changed) is cleaned up and
+//! then released.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::Resource;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType as KubeEventType};
+use kube::runtime::reflector::ObjectRef;
+use portway_crds::ServiceLoadBalancer;
+use portway_crds::names as n;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::context::Context;
+use super::error::Error;
+use super::{CONTROLLER, writes};
+use crate::plan::assign::{Placement, ServiceAssignment};
+use crate::plan::{self, EventType, FinalizerAction, Key, PlannedEvent, ServicePlan, names, rbac};
+
+fn has_finalizer(svc: &Service) -> bool {
+    svc.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == n::SERVICE_FINALIZER))
+}
+
+/// The controller's reconcile: one span per Service, metrics, then [`reconcile_service`].
+pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = Key::of(&svc.metadata);
+    let span = info_span!("reconcile", controller = CONTROLLER, service = %key);
+    let start = Instant::now();
+    let result = reconcile_service(&svc, &ctx).instrument(span).await;
+    ctx.metrics
+        .duration
+        .with_label_values(&[CONTROLLER])
+        .observe(start.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[CONTROLLER, outcome])
+        .inc();
+    if result.is_ok() {
+        ctx.succeeded(&key);
+    }
+    result
+}
+
+/// The controller's error policy: count by category, retry with per-Service exponential backoff
+/// (1 s, 2 s, 4 s ... 5 min). 409 conflicts, 5xx and timeouts all take this path.
+pub fn error_policy(svc: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = Key::of(&svc.metadata);
+    ctx.metrics
+        .errors
+        .with_label_values(&[CONTROLLER, error.category()])
+        .inc();
+    let wait = ctx.backoff(&key);
+    warn!(service = %key, category = error.category(), retry_in = ?wait, "reconcile failed: {error}");
+    Action::requeue(wait)
+}
+
+/// Plans and writes one Service.
+pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, Error> {
+    if !ctx.stores.ready() {
+        debug!("caches not synced yet");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let key = Key::of(&svc.metadata);
+    let assignment = ctx.assignment();
+    let live_finalizer = has_finalizer(svc);
+    let a = match assignment.services.get(&key) {
+        Some(a) => {
+            let mut a = a.clone();
+            a.has_finalizer = live_finalizer;
+            if matches!(a.placement, Placement::Released) && !live_finalizer {
+                return Ok(Action::await_change());
+            }
+            a
+        }
+        None if live_finalizer => ServiceAssignment {
+            daemonset_name: names::daemonset_name(&key),
+            key: key.clone(),
+            service: Arc::new(svc.clone()),
+            placement: Placement::Released,
+            has_finalizer: true,
+        },
+        None => {
+            // Not ours (never was): make sure nothing of ours claims it.
+            ctx.forget(&key);
+            return Ok(Action::await_change());
+        }
+    };
+    let slb_ref = ObjectRef::<ServiceLoadBalancer>::new(&key.name).within(&key.namespace);
+    let live_slb = ctx.stores.service_load_balancers.get(&slb_ref);
+    let slices = ctx.stores.endpoint_slices.state_filter(|s| {
+        s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+            && s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(n::ENDPOINTSLICE_SERVICE_LABEL))
+                .is_some_and(|v| *v == key.name)
+    });
+    let config = ctx.config();
+    let plan = plan::service::plan_service(&a, &assignment, live_slb.as_deref(), &slices, &config);
+    let ds_ref = ObjectRef::<DaemonSet>::new(&a.daemonset_name).within(&ctx.args.namespace);
+    let live_ds = ctx.stores.daemonsets.get(&ds_ref);
+
+    match plan.finalizer {
+        FinalizerAction::Ensure => {
+            writes::ensure_finalizer(ctx, svc).await?;
+            let rb: RoleBinding = rbac::role_binding(&key.namespace, &config);
+            writes::ensure_role_binding(ctx, &rb).await?;
+            let Some(slb) = plan.service_load_balancer.as_ref() else {
+                return Ok(Action::requeue(ctx.resync));
+            };
+            let generation = writes::apply_slb(ctx, slb, live_slb.as_deref()).await?;
+            match (&plan.daemonset, &live_ds) {
+                (Some(ds), live) => writes::apply_daemonset(ctx, ds, live.as_deref()).await?,
+                (None, Some(_)) => {
+                    let ds_key = Key::new(&ctx.args.namespace, &a.daemonset_name);
+                    writes::delete::<DaemonSet>(ctx, &ds_key, "daemonsets").await?;
+                }
+                (None, None) => {}
+            }
+            writes::apply_slb_status(ctx, slb, live_slb.as_deref(), generation).await?;
+            writes::apply_ingress(ctx, svc, &plan.ingress).await?;
+            publish(ctx, svc, &plan, &plan.events).await;
+        }
+        FinalizerAction::Remove => {
+            cleanup(
+                ctx,
+                svc,
+                &a.daemonset_name,
+                live_ds.is_some(),
+                live_slb.is_some(),
+            )
+            .await?;
+            writes::remove_finalizer(ctx, svc).await?;
+            publish_unplaced(ctx, svc, &plan).await;
+            if matches!(a.placement, Placement::Released) {
+                ctx.forget(&key);
+                return Ok(Action::await_change());
+            }
+        }
+        FinalizerAction::None => {
+            cleanup(
+                ctx,
+                svc,
+                &a.daemonset_name,
+                live_ds.is_some(),
+                live_slb.is_some(),
+            )
+            .await?;
+            publish_unplaced(ctx, svc, &plan).await;
+        }
+    }
+    Ok(Action::requeue(ctx.resync))
+}
+
+/// Removes what Portway made for a Service: its DaemonSet, its ServiceLoadBalancer and the
+/// ingress it published.
+async fn cleanup(
+    ctx: &Context,
+    svc: &Service,
+    daemonset_name: &str,
+    has_ds: bool,
+    has_slb: bool,
+) -> Result<(), Error> {
+    let key = Key::of(&svc.metadata);
+    if has_ds {
+        let ds_key = Key::new(&ctx.args.namespace, daemonset_name);
+        writes::delete::<DaemonSet>(ctx, &ds_key, "daemonsets").await?;
+    }
+    if has_slb {
+        writes::delete::<ServiceLoadBalancer>(ctx, &key, "serviceloadbalancers").await?;
+    }
+    writes::apply_ingress(ctx, svc, &[]).await
+}
+
+async fn publish_unplaced(ctx: &Context, svc: &Service, plan: &ServicePlan) {
+    let key = Key::of(&svc.metadata);
+    let fresh: Vec<PlannedEvent> = plan
+        .events
+        .iter()
+        .filter(|e| ctx.first_time(&key, &e.reason, &e.note))
+        .cloned()
+        .collect();
+    publish(ctx, svc, plan, &fresh).await;
+}
+
+/// Publishes Events on the Service. A failed Event is logged, never fails the reconcile.
+async fn publish(ctx: &Context, svc: &Service, plan: &ServicePlan, events: &[PlannedEvent]) {
+    let reference = svc.object_ref(&());
+    for e in events {
+        let ev = Event {
+            type_: match e.type_ {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: e.reason.clone(),
+            note: Some(truncate(&e.note, 1024)),
+            action: e.action.clone(),
+            secondary: None,
+        };
+        ctx.metrics.write("events", "create");
+        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+            warn!(service = %plan.service, reason = %e.reason, "publishing Event failed: {err}");
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}

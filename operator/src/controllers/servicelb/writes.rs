@@ -1,0 +1,285 @@
+//! Every API write of the ServiceLB controller, each preceded by a check that the live object
+//! differs from the desired one. All applies use server-side apply with field manager
+//! `servicelb.portway.dev` and `force`.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource};
+use portway_crds::condition;
+use portway_crds::names as n;
+use portway_crds::{LoadBalancerPool, LoadBalancerPoolStatus, ServiceLoadBalancer};
+use serde_json::json;
+
+use super::FIELD_MANAGER;
+use super::context::Context;
+use super::diff;
+use super::error::{Error, is_not_found};
+use crate::plan::Key;
+use crate::plan::daemonset::DESIRED_HASH_ANNOTATION;
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Adds Portway's finalizer to the Service when missing. Uses a merge patch carrying the
+/// resourceVersion, so a concurrent change gives 409 and the reconcile retries.
+pub async fn ensure_finalizer(ctx: &Context, svc: &Service) -> Result<(), Error> {
+    let mut finalizers = svc.metadata.finalizers.clone().unwrap_or_default();
+    if finalizers.iter().any(|f| f == n::SERVICE_FINALIZER) {
+        return Ok(());
+    }
+    finalizers.push(n::SERVICE_FINALIZER.to_owned());
+    patch_finalizers(ctx, svc, finalizers, "add finalizer to").await
+}
+
+/// Removes Portway's finalizer from the Service when present.
+pub async fn remove_finalizer(ctx: &Context, svc: &Service) -> Result<(), Error> {
+    let finalizers = svc.metadata.finalizers.clone().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == n::SERVICE_FINALIZER) {
+        return Ok(());
+    }
+    let kept: Vec<String> = finalizers
+        .into_iter()
+        .filter(|f| f != n::SERVICE_FINALIZER)
+        .collect();
+    patch_finalizers(ctx, svc, kept, "remove finalizer from").await
+}
+
+async fn patch_finalizers(
+    ctx: &Context,
+    svc: &Service,
+    finalizers: Vec<String>,
+    action: &'static str,
+) -> Result<(), Error> {
+    let key = Key::of(&svc.metadata);
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": svc.metadata.resource_version,
+        }
+    });
+    ctx.metrics.write("services", "patch");
+    match api
+        .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Removing from a Service that is already gone is done.
+        Err(e) if action.starts_with("remove") && is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube(action, format!("Service {key}"), e)),
+    }
+}
+
+/// Applies the agent RoleBinding of a namespace when it is missing or differs.
+pub async fn ensure_role_binding(ctx: &Context, desired: &RoleBinding) -> Result<(), Error> {
+    let key = Key::of(&desired.metadata);
+    let live = ctx
+        .stores
+        .role_bindings
+        .get(&ObjectRef::new(&key.name).within(&key.namespace));
+    if let Some(live) = live
+        && live.role_ref == desired.role_ref
+        && live.subjects == desired.subjects
+        && diff::serialized_subset(&desired.metadata.labels, &live.metadata.labels)
+    {
+        return Ok(());
+    }
+    let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    ctx.metrics.write("rolebindings", "patch");
+    api.patch(&key.name, &apply_params(), &Patch::Apply(desired))
+        .await
+        .map_err(|e| Error::kube("apply", format!("RoleBinding {key}"), e))?;
+    Ok(())
+}
+
+/// Applies the ServiceLoadBalancer's metadata and spec when they differ; returns its generation.
+pub async fn apply_slb(
+    ctx: &Context,
+    desired: &ServiceLoadBalancer,
+    live: Option<&ServiceLoadBalancer>,
+) -> Result<Option<i64>, Error> {
+    let key = Key::of(&desired.metadata);
+    if let Some(live) = live
+        && live.spec == desired.spec
+        && diff::serialized_subset(&desired.metadata.labels, &live.metadata.labels)
+        && diff::serialized_subset(
+            &desired.metadata.owner_references,
+            &live.metadata.owner_references,
+        )
+    {
+        return Ok(live.metadata.generation);
+    }
+    let body = json!({
+        "apiVersion": ServiceLoadBalancer::api_version(&()),
+        "kind": ServiceLoadBalancer::kind(&()),
+        "metadata": {
+            "name": key.name,
+            "namespace": key.namespace,
+            "labels": desired.metadata.labels,
+            "ownerReferences": desired.metadata.owner_references,
+        },
+        "spec": desired.spec,
+    });
+    let api: Api<ServiceLoadBalancer> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    ctx.metrics.write("serviceloadbalancers", "patch");
+    let applied = api
+        .patch(&key.name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map_err(|e| Error::kube("apply", format!("ServiceLoadBalancer {key}"), e))?;
+    Ok(applied.metadata.generation)
+}
+
+/// Applies the operator's part of the ServiceLoadBalancer status (never `status.nodes`, which
+/// belongs to the agents) when it differs.
+pub async fn apply_slb_status(
+    ctx: &Context,
+    desired: &ServiceLoadBalancer,
+    live: Option<&ServiceLoadBalancer>,
+    generation: Option<i64>,
+) -> Result<(), Error> {
+    let key = Key::of(&desired.metadata);
+    let Some(status) = desired.status.as_ref() else {
+        return Ok(());
+    };
+    let mut conditions = status.conditions.clone();
+    for c in &mut conditions {
+        c.observed_generation = generation;
+    }
+    let live_status = live.and_then(|l| l.status.as_ref());
+    if let Some(ls) = live_status
+        && ls.observed_generation == generation
+        && condition::same_ignoring_time(&ls.conditions, &conditions)
+    {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": ServiceLoadBalancer::api_version(&()),
+        "kind": ServiceLoadBalancer::kind(&()),
+        "metadata": {"name": key.name, "namespace": key.namespace},
+        "status": {"observedGeneration": generation, "conditions": conditions},
+    });
+    let api: Api<ServiceLoadBalancer> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    ctx.metrics.write("serviceloadbalancers/status", "patch");
+    api.patch_status(&key.name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map_err(|e| Error::kube("apply status of", format!("ServiceLoadBalancer {key}"), e))?;
+    Ok(())
+}
+
+/// Applies a DaemonSet when its desired hash or any desired field differs from the live one.
+pub async fn apply_daemonset(
+    ctx: &Context,
+    desired: &DaemonSet,
+    live: Option<&DaemonSet>,
+) -> Result<(), Error> {
+    let key = Key::of(&desired.metadata);
+    if let Some(live) = live {
+        let hash = |d: &DaemonSet| {
+            d.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DESIRED_HASH_ANNOTATION))
+                .cloned()
+        };
+        if hash(live) == hash(desired)
+            && diff::serialized_subset(&desired.spec, &live.spec)
+            && diff::serialized_subset(&desired.metadata.labels, &live.metadata.labels)
+        {
+            return Ok(());
+        }
+    }
+    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    ctx.metrics.write("daemonsets", "patch");
+    api.patch(&key.name, &apply_params(), &Patch::Apply(desired))
+        .await
+        .map_err(|e| Error::kube("apply", format!("DaemonSet {key}"), e))?;
+    Ok(())
+}
+
+/// Deletes a namespaced object; a missing one counts as deleted.
+pub async fn delete<K>(ctx: &Context, key: &Key, resource: &'static str) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    ctx.metrics.write(resource, "delete");
+    match api.delete(&key.name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube("delete", format!("{} {key}", K::kind(&())), e)),
+    }
+}
+
+/// Writes `status.loadBalancer.ingress` of the Service when it differs. An empty list releases
+/// the field (server-side apply removes what the manager no longer sets).
+pub async fn apply_ingress(
+    ctx: &Context,
+    svc: &Service,
+    ingress: &[LoadBalancerIngress],
+) -> Result<(), Error> {
+    let key = Key::of(&svc.metadata);
+    let live: &[LoadBalancerIngress] = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_deref())
+        .unwrap_or(&[]);
+    if live == ingress {
+        return Ok(());
+    }
+    let load_balancer = if ingress.is_empty() {
+        json!({})
+    } else {
+        json!({"ingress": ingress})
+    };
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": key.name, "namespace": key.namespace},
+        "status": {"loadBalancer": load_balancer},
+    });
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    ctx.metrics.write("services/status", "patch");
+    api.patch_status(&key.name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map_err(|e| Error::kube("publish ingress of", format!("Service {key}"), e))?;
+    Ok(())
+}
+
+/// Applies a pool's status when it differs.
+pub async fn apply_pool_status(
+    ctx: &Context,
+    live: &Arc<LoadBalancerPool>,
+    desired: &LoadBalancerPoolStatus,
+) -> Result<(), Error> {
+    let name = live.metadata.name.clone().unwrap_or_default();
+    if let Some(ls) = live.status.as_ref()
+        && ls.nodes == desired.nodes
+        && ls.services == desired.services
+        && ls.observed_generation == desired.observed_generation
+        && condition::same_ignoring_time(&ls.conditions, &desired.conditions)
+    {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": LoadBalancerPool::api_version(&()),
+        "kind": LoadBalancerPool::kind(&()),
+        "metadata": {"name": name},
+        "status": desired,
+    });
+    let api: Api<LoadBalancerPool> = Api::all(ctx.client.clone());
+    ctx.metrics.write("loadbalancerpools/status", "patch");
+    api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map_err(|e| Error::kube("apply status of", format!("LoadBalancerPool {name}"), e))?;
+    Ok(())
+}
