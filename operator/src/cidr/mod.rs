@@ -1,38 +1,32 @@
-//! Pure ClusterCIDR allocation: which CIDR each Node gets; no I/O.
+//! Pure ClusterCIDR allocation: which pod CIDRs each Node gets; no I/O, no clock, no client.
 //!
-//! Interface used by other modules (owned by the ClusterCIDR work):
-//! - [`plan_for_nodes`]: what `portway plan` prints for Nodes and ClusterCIDRs.
-//! - [`convert_upstream`]: `networking.k8s.io/v1alpha1` ClusterCIDR -> Portway's, for `portway migrate`.
+//! - [`block`]: CIDRs as aligned intervals of a 128-bit space per family.
+//! - [`intervals`]: sorted runs of free indexes (memory follows allocations, not range sizes).
+//! - [`spec`]: a ClusterCIDR spec checked and turned into per-family ranges.
+//! - [`allocator`]: the state (free blocks per ClusterCIDR, a global index of occupied blocks,
+//!   each Node's CIDRs), selection order, adoption, allocation and release.
+//! - [`status`]: a ClusterCIDR's usage and conditions from that state.
+//! - [`plan`]: [`plan_for_nodes`], what `portway plan` prints.
+//! - [`upstream`]: [`convert_upstream`], `networking.k8s.io/v1alpha1` -> Portway, for
+//!   `portway migrate`.
+//!
+//! The controller (`controllers::clustercidr`) drives the same allocator from watch events;
+//! `docs/clustercidr.md` describes the semantics.
 
-use k8s_openapi::api::core::v1::Node;
-use portway_crds::ClusterCIDR;
-use serde::Serialize;
+pub mod allocator;
+pub mod block;
+pub mod intervals;
+pub mod plan;
+pub mod spec;
+pub mod status;
+pub mod upstream;
 
-/// Pod CIDRs each Node of the input has or would get, and the resulting ClusterCIDR statuses.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct CidrPlan {}
-
-/// Why the CIDR plan could not be computed.
-#[derive(Debug, thiserror::Error)]
-pub enum CidrPlanError {
-    #[error("ClusterCIDR planning is not implemented yet")]
-    NotImplemented,
-}
-
-/// Computes the CIDR plan for `nodes` from `cidrs`.
-pub fn plan_for_nodes(_nodes: &[Node], _cidrs: &[ClusterCIDR]) -> Result<CidrPlan, CidrPlanError> {
-    Err(CidrPlanError::NotImplemented)
-}
-
-/// Why an upstream ClusterCIDR could not be converted.
-#[derive(Debug, thiserror::Error)]
-pub enum ConvertError {
-    #[error("converting networking.k8s.io/v1alpha1 ClusterCIDRs is not implemented yet")]
-    NotImplemented,
-}
-
-/// Converts an upstream `networking.k8s.io/v1alpha1` ClusterCIDR (as JSON) to Portway's.
-pub fn convert_upstream(_upstream: &serde_json::Value) -> Result<ClusterCIDR, ConvertError> {
-    Err(ConvertError::NotImplemented)
-}
+pub use allocator::{
+    AdoptReport, Allocation, Allocator, NodeFacts, NodeRecord, Origin, Unavailable,
+};
+pub use block::{Block, Family};
+pub use plan::{
+    CidrPlan, CidrPlanError, ClusterCidrOutcome, NodeCidrState, NodeCidrs, plan_for_nodes,
+};
+pub use status::PlannedCondition;
+pub use upstream::{ConvertError, convert_upstream};
