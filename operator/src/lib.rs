@@ -4,6 +4,8 @@
 pub mod cidr;
 pub mod cli;
 pub mod controllers;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod input;
 pub mod metrics;
 pub mod migrate;

@@ -1,0 +1,935 @@
+//! Table-driven tests of the pure ServiceLB core (`plan::desired_state`): no cluster, no clock.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use portway_crds::condition::{self, reasons, types};
+use portway_crds::{LoadBalancerPool, ServiceLoadBalancer};
+use portway_operator::fixtures::*;
+use portway_operator::plan::{
+    self, Desired, FinalizerAction, Key, Observed, ServicePlan, ServiceState, desired_state,
+};
+use serde_json::json;
+
+/// Runs the core twice: first to get the ServiceLoadBalancers the operator would write, then
+/// with those stored and `forwarding[svc]` agents reporting `Forwarding=True` — the state after
+/// agents started.
+fn converge(
+    services: Vec<Service>,
+    nodes: Vec<Node>,
+    pools: Vec<LoadBalancerPool>,
+    slices: Vec<EndpointSlice>,
+    forwarding: &[(&str, &[&str])],
+) -> Desired {
+    let mut observed = Observed {
+        services: arcs(services),
+        nodes: arcs(nodes),
+        pools: arcs(pools),
+        endpoint_slices: arcs(slices),
+        ..Default::default()
+    };
+    let first = desired_state(&observed, &config());
+    let forwarding: BTreeMap<&str, &[&str]> = forwarding.iter().copied().collect();
+    let slbs: Vec<ServiceLoadBalancer> = first
+        .services
+        .iter()
+        .filter_map(|p| {
+            let slb = p.service_load_balancer.as_ref()?;
+            let name = p.service.to_string();
+            Some(reported(
+                slb,
+                forwarding.get(name.as_str()).copied().unwrap_or(&[]),
+            ))
+        })
+        .collect();
+    observed.service_load_balancers = arcs(slbs);
+    desired_state(&observed, &config())
+}
+
+fn find<'a>(d: &'a Desired, key: &str) -> &'a ServicePlan {
+    d.services
+        .iter()
+        .find(|p| p.service.to_string() == key)
+        .unwrap_or_else(|| {
+            panic!(
+                "no plan for {key}: {:?}",
+                d.services
+                    .iter()
+                    .map(|p| p.service.to_string())
+                    .collect::<Vec<_>>()
+            )
+        })
+}
+
+fn ips(p: &ServicePlan) -> Vec<String> {
+    p.ingress.iter().filter_map(|i| i.ip.clone()).collect()
+}
+
+fn ready_reason(p: &ServicePlan) -> String {
+    condition::find(&p.conditions, types::READY)
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
+
+fn workers() -> Vec<Node> {
+    vec![
+        node(
+            "w1",
+            &[("role", "worker"), ("zone", "a")],
+            &[("InternalIP", "192.168.0.1"), ("ExternalIP", "203.0.113.1")],
+        ),
+        node(
+            "w2",
+            &[("role", "worker"), ("zone", "b")],
+            &[("InternalIP", "192.168.0.2")],
+        ),
+        node(
+            "w3",
+            &[("role", "worker"), ("zone", "a")],
+            &[
+                ("InternalIP", "192.168.0.3"),
+                ("InternalIP", "fd00::3"),
+                ("ExternalIP", "2001:db8::3"),
+            ],
+        ),
+    ]
+}
+
+struct Case {
+    name: &'static str,
+    services: Vec<Service>,
+    pools: Vec<LoadBalancerPool>,
+    slices: Vec<EndpointSlice>,
+    forwarding: Vec<(&'static str, &'static [&'static str])>,
+    /// (service, state, pool, ingress, Ready reason)
+    expect: Vec<(
+        &'static str,
+        ServiceState,
+        Option<&'static str>,
+        Vec<&'static str>,
+        &'static str,
+    )>,
+}
+
+fn cases() -> Vec<Case> {
+    let all = || pool("all", &[("role", "worker")], 0);
+    vec![
+        Case {
+            name: "highest priority pool wins",
+            services: vec![service("ns", "web", &["TCP/80"], 1)],
+            pools: vec![all(), pool("zone-a", &[("zone", "a")], 10)],
+            slices: vec![],
+            forwarding: vec![("ns/web", &["w1", "w3"])],
+            expect: vec![(
+                "ns/web",
+                ServiceState::Serving,
+                Some("zone-a"),
+                vec!["203.0.113.1", "192.168.0.3"],
+                reasons::AGENTS_FORWARDING,
+            )],
+        },
+        Case {
+            name: "equal priority: smallest pool name wins",
+            services: vec![service("ns", "web", &["TCP/80"], 1)],
+            pools: vec![
+                pool("zz", &[("role", "worker")], 5),
+                pool("aa", &[("zone", "a")], 5),
+            ],
+            slices: vec![],
+            forwarding: vec![("ns/web", &["w1"])],
+            expect: vec![(
+                "ns/web",
+                ServiceState::Serving,
+                Some("aa"),
+                vec!["203.0.113.1"],
+                reasons::AGENTS_FORWARDING,
+            )],
+        },
+        Case {
+            name: "annotation beats priority; autoAssign false pools only by annotation",
+            services: vec![
+                annotate(
+                    service("ns", "pinned", &["TCP/80"], 1),
+                    "portway.dev/pool",
+                    "manual",
+                ),
+                service("ns", "auto", &["TCP/81"], 2),
+            ],
+            pools: vec![
+                all(),
+                pool_with(
+                    pool("manual", &[("zone", "b")], 100),
+                    json!({"autoAssign": false}),
+                ),
+            ],
+            slices: vec![],
+            forwarding: vec![("ns/pinned", &["w2"]), ("ns/auto", &["w1", "w2", "w3"])],
+            expect: vec![
+                (
+                    "ns/pinned",
+                    ServiceState::Serving,
+                    Some("manual"),
+                    vec!["192.168.0.2"],
+                    reasons::AGENTS_FORWARDING,
+                ),
+                (
+                    "ns/auto",
+                    ServiceState::Serving,
+                    Some("all"),
+                    vec!["203.0.113.1", "192.168.0.2", "192.168.0.3"],
+                    reasons::AGENTS_FORWARDING,
+                ),
+            ],
+        },
+        Case {
+            name: "annotation naming a missing pool",
+            services: vec![annotate(
+                service("ns", "web", &["TCP/80"], 1),
+                "portway.dev/pool",
+                "nope",
+            )],
+            pools: vec![all()],
+            slices: vec![],
+            forwarding: vec![],
+            expect: vec![(
+                "ns/web",
+                ServiceState::NoPool,
+                None,
+                vec![],
+                reasons::POOL_NOT_FOUND,
+            )],
+        },
+        Case {
+            name: "no pool matches (service selector)",
+            services: vec![service("ns", "web", &["TCP/80"], 1)],
+            pools: vec![pool_with(
+                all(),
+                json!({"serviceSelector": {"matchLabels": {"tier": "edge"}}}),
+            )],
+            slices: vec![],
+            forwarding: vec![],
+            expect: vec![(
+                "ns/web",
+                ServiceState::NoPool,
+                None,
+                vec![],
+                reasons::NO_MATCHING_POOL,
+            )],
+        },
+        Case {
+            name: "a node in two pools serves Services of both",
+            services: vec![
+                service("ns", "a", &["TCP/80"], 1),
+                annotate(
+                    service("ns", "b", &["TCP/81"], 2),
+                    "portway.dev/pool",
+                    "zone-a",
+                ),
+            ],
+            pools: vec![
+                all(),
+                pool_with(
+                    pool("zone-a", &[("zone", "a")], -5),
+                    json!({"autoAssign": false}),
+                ),
+            ],
+            slices: vec![],
+            forwarding: vec![("ns/a", &["w1"]), ("ns/b", &["w1"])],
+            expect: vec![
+                (
+                    "ns/a",
+                    ServiceState::Serving,
+                    Some("all"),
+                    vec!["203.0.113.1"],
+                    reasons::AGENTS_FORWARDING,
+                ),
+                (
+                    "ns/b",
+                    ServiceState::Serving,
+                    Some("zone-a"),
+                    vec!["203.0.113.1"],
+                    reasons::AGENTS_FORWARDING,
+                ),
+            ],
+        },
+        Case {
+            name: "eTP Local publishes only forwarding nodes with ready endpoints",
+            services: vec![local(service("ns", "web", &["TCP/80"], 1))],
+            pools: vec![all()],
+            slices: vec![slice("ns", "web", &[("w2", true), ("w3", false)])],
+            forwarding: vec![("ns/web", &["w1", "w2", "w3"])],
+            expect: vec![(
+                "ns/web",
+                ServiceState::Serving,
+                Some("all"),
+                vec!["192.168.0.2"],
+                reasons::AGENTS_FORWARDING,
+            )],
+        },
+        Case {
+            name: "eTP Local without ready endpoints publishes nothing",
+            services: vec![local(service("ns", "web", &["TCP/80"], 1))],
+            pools: vec![all()],
+            slices: vec![slice("ns", "web", &[("w3", false)])],
+            forwarding: vec![("ns/web", &["w1", "w2", "w3"])],
+            expect: vec![(
+                "ns/web",
+                ServiceState::NoEndpoints,
+                Some("all"),
+                vec![],
+                reasons::NO_READY_ENDPOINTS,
+            )],
+        },
+        Case {
+            name: "eTP Cluster ignores where endpoints are",
+            services: vec![service("ns", "web", &["TCP/80"], 1)],
+            pools: vec![all()],
+            slices: vec![slice("ns", "web", &[("w3", true)])],
+            forwarding: vec![("ns/web", &["w2"])],
+            expect: vec![(
+                "ns/web",
+                ServiceState::Serving,
+                Some("all"),
+                vec!["192.168.0.2"],
+                reasons::AGENTS_FORWARDING,
+            )],
+        },
+        Case {
+            name: "InternalIP first when the pool asks for it",
+            services: vec![service("ns", "web", &["TCP/80"], 1)],
+            pools: vec![pool_with(
+                all(),
+                json!({"addressTypes": ["InternalIP", "ExternalIP"]}),
+            )],
+            slices: vec![],
+            forwarding: vec![("ns/web", &["w1", "w2"])],
+            expect: vec![(
+                "ns/web",
+                ServiceState::Serving,
+                Some("all"),
+                vec!["192.168.0.1", "192.168.0.2"],
+                reasons::AGENTS_FORWARDING,
+            )],
+        },
+        Case {
+            name: "ExternalIP only: nodes without one are not published",
+            services: vec![service("ns", "web", &["TCP/80"], 1)],
+            pools: vec![pool_with(all(), json!({"addressTypes": ["ExternalIP"]}))],
+            slices: vec![],
+            forwarding: vec![("ns/web", &["w2"])],
+            expect: vec![(
+                "ns/web",
+                ServiceState::Waiting,
+                Some("all"),
+                vec![],
+                reasons::NO_NODE_ADDRESSES,
+            )],
+        },
+        Case {
+            name: "dual-stack: per family, first address type present",
+            services: vec![dual_stack(service("ns", "dns", &["UDP/53", "TCP/53"], 1))],
+            pools: vec![all()],
+            slices: vec![],
+            forwarding: vec![("ns/dns", &["w1", "w3"])],
+            expect: vec![(
+                "ns/dns",
+                ServiceState::Serving,
+                Some("all"),
+                vec!["203.0.113.1", "192.168.0.3", "2001:db8::3"],
+                reasons::AGENTS_FORWARDING,
+            )],
+        },
+        Case {
+            name: "agents not forwarding yet",
+            services: vec![service("ns", "web", &["TCP/80"], 1)],
+            pools: vec![all()],
+            slices: vec![],
+            forwarding: vec![],
+            expect: vec![(
+                "ns/web",
+                ServiceState::Waiting,
+                Some("all"),
+                vec![],
+                reasons::AGENTS_NOT_FORWARDING,
+            )],
+        },
+        Case {
+            name: "pool without nodes",
+            services: vec![service("ns", "web", &["TCP/80"], 1)],
+            pools: vec![pool("gpu", &[("gpu", "yes")], 0)],
+            slices: vec![],
+            forwarding: vec![],
+            expect: vec![(
+                "ns/web",
+                ServiceState::NoNodes,
+                Some("gpu"),
+                vec![],
+                reasons::POOL_HAS_NO_NODES,
+            )],
+        },
+        Case {
+            name: "UDP and TCP on the same port do not conflict",
+            services: vec![
+                service("ns", "dns-udp", &["UDP/53"], 1),
+                service("ns", "dns-tcp", &["TCP/53"], 2),
+            ],
+            pools: vec![all()],
+            slices: vec![],
+            forwarding: vec![("ns/dns-udp", &["w2"]), ("ns/dns-tcp", &["w2"])],
+            expect: vec![
+                (
+                    "ns/dns-udp",
+                    ServiceState::Serving,
+                    Some("all"),
+                    vec!["192.168.0.2"],
+                    reasons::AGENTS_FORWARDING,
+                ),
+                (
+                    "ns/dns-tcp",
+                    ServiceState::Serving,
+                    Some("all"),
+                    vec!["192.168.0.2"],
+                    reasons::AGENTS_FORWARDING,
+                ),
+            ],
+        },
+        Case {
+            name: "same port on every eligible node: the newer Service is in conflict",
+            services: vec![
+                service("ns", "new", &["TCP/80"], 20),
+                service("ns", "old", &["TCP/80"], 10),
+            ],
+            pools: vec![all()],
+            slices: vec![],
+            forwarding: vec![("ns/old", &["w2"]), ("ns/new", &["w2"])],
+            expect: vec![
+                (
+                    "ns/old",
+                    ServiceState::Serving,
+                    Some("all"),
+                    vec!["192.168.0.2"],
+                    reasons::AGENTS_FORWARDING,
+                ),
+                (
+                    "ns/new",
+                    ServiceState::PortConflict,
+                    Some("all"),
+                    vec![],
+                    reasons::PORT_IN_USE,
+                ),
+            ],
+        },
+        Case {
+            name: "same port, partly overlapping pools: the newer Service keeps the free nodes",
+            services: vec![
+                annotate(
+                    service("ns", "old", &["TCP/80"], 10),
+                    "portway.dev/pool",
+                    "zone-a",
+                ),
+                service("ns", "new", &["TCP/80"], 20),
+            ],
+            pools: vec![
+                all(),
+                pool_with(
+                    pool("zone-a", &[("zone", "a")], 0),
+                    json!({"autoAssign": false}),
+                ),
+            ],
+            slices: vec![],
+            // A stale report from w1 (blocked for "new") must not be published.
+            forwarding: vec![("ns/old", &["w1", "w3"]), ("ns/new", &["w1", "w2"])],
+            expect: vec![
+                (
+                    "ns/old",
+                    ServiceState::Serving,
+                    Some("zone-a"),
+                    vec!["203.0.113.1", "192.168.0.3"],
+                    reasons::AGENTS_FORWARDING,
+                ),
+                (
+                    "ns/new",
+                    ServiceState::Serving,
+                    Some("all"),
+                    vec!["192.168.0.2"],
+                    reasons::AGENTS_FORWARDING,
+                ),
+            ],
+        },
+        Case {
+            name: "Service with no ports is invalid, not a panic",
+            services: vec![service("ns", "empty", &[], 1)],
+            pools: vec![all()],
+            slices: vec![],
+            forwarding: vec![],
+            expect: vec![(
+                "ns/empty",
+                ServiceState::Invalid,
+                None,
+                vec![],
+                reasons::INVALID_SERVICE,
+            )],
+        },
+        Case {
+            name: "unsupported protocol is invalid",
+            services: vec![service("ns", "weird", &["ICMP/1"], 1)],
+            pools: vec![all()],
+            slices: vec![],
+            forwarding: vec![],
+            expect: vec![(
+                "ns/weird",
+                ServiceState::Invalid,
+                None,
+                vec![],
+                reasons::INVALID_SERVICE,
+            )],
+        },
+    ]
+}
+
+#[test]
+fn core_table() {
+    let mut failures = Vec::new();
+    let cases = cases();
+    for case in &cases {
+        let forwarding: Vec<(&str, &[&str])> = case.forwarding.clone();
+        let d = converge(
+            case.services.clone(),
+            workers(),
+            case.pools.clone(),
+            case.slices.clone(),
+            &forwarding,
+        );
+        for (svc, state, pool, ingress, reason) in &case.expect {
+            let p = find(&d, svc);
+            let got = (p.state, p.pool.as_deref(), ips(p), ready_reason(p));
+            let want = (
+                *state,
+                *pool,
+                ingress.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                reason.to_string(),
+            );
+            if got != want {
+                failures.push(format!(
+                    "{}: {svc}: got {got:?}, want {want:?}\n  conditions: {:?}",
+                    case.name, p.conditions
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    println!("servicelb core table: {} cases passed", cases.len());
+}
+
+#[test]
+fn port_conflict_names_the_other_service_and_gets_no_daemonset() {
+    let d = converge(
+        vec![
+            service("ns", "old", &["TCP/80", "TCP/443"], 10),
+            service("other", "new", &["TCP/443"], 20),
+        ],
+        workers(),
+        vec![pool("all", &[("role", "worker")], 0)],
+        vec![],
+        &[],
+    );
+    let new = find(&d, "other/new");
+    let c = condition::find(&new.conditions, types::PORT_CONFLICT).expect("PortConflict");
+    assert_eq!(c.status, "True");
+    assert!(
+        c.message.contains("TCP/443") && c.message.contains("ns/old"),
+        "{}",
+        c.message
+    );
+    assert!(
+        new.daemonset.is_none(),
+        "a Service in conflict gets no DaemonSet"
+    );
+    assert!(
+        new.service_load_balancer.is_some(),
+        "its conditions still live in the ServiceLoadBalancer"
+    );
+    assert!(
+        new.events.is_empty(),
+        "no news on the second pass: {:?}",
+        new.events
+    );
+    // The first pass (no ServiceLoadBalancer stored yet) plans the Warning Event.
+    let first = desired_state(
+        &Observed {
+            services: arcs(vec![
+                service("ns", "old", &["TCP/80", "TCP/443"], 10),
+                service("other", "new", &["TCP/443"], 20),
+            ]),
+            nodes: arcs(workers()),
+            pools: arcs(vec![pool("all", &[("role", "worker")], 0)]),
+            ..Default::default()
+        },
+        &config(),
+    );
+    let ev = find(&first, "other/new")
+        .events
+        .iter()
+        .find(|e| e.reason == reasons::PORT_IN_USE)
+        .expect("PortInUse Event");
+    assert_eq!(ev.type_, plan::EventType::Warning);
+    assert!(ev.note.contains("ns/old"), "{}", ev.note);
+    let old = find(&d, "ns/old");
+    assert_eq!(
+        condition::find(&old.conditions, types::PORT_CONFLICT).map(|c| c.status.as_str()),
+        Some("False")
+    );
+}
+
+#[test]
+fn partly_blocked_service_leaves_blocked_nodes_out_of_its_affinity() {
+    let d = converge(
+        vec![
+            annotate(
+                service("ns", "old", &["TCP/80"], 10),
+                "portway.dev/pool",
+                "zone-a",
+            ),
+            service("ns", "new", &["TCP/80"], 20),
+        ],
+        workers(),
+        vec![
+            pool("all", &[("role", "worker")], 0),
+            pool_with(
+                pool("zone-a", &[("zone", "a")], 0),
+                json!({"autoAssign": false}),
+            ),
+        ],
+        vec![],
+        &[],
+    );
+    let ds = find(&d, "ns/new").daemonset.as_ref().expect("DaemonSet");
+    let v = serde_json::to_value(ds).expect("json");
+    let term = &v["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"][0];
+    assert_eq!(
+        term["matchFields"][0],
+        json!({"key": "metadata.name", "operator": "NotIn", "values": ["w1", "w3"]})
+    );
+    assert_eq!(
+        term["matchExpressions"][0],
+        json!({"key": "role", "operator": "In", "values": ["worker"]})
+    );
+}
+
+#[test]
+fn daemonset_follows_contract() {
+    let d = converge(
+        vec![dual_stack(service("shop", "web", &["TCP/80", "UDP/53"], 1))],
+        workers(),
+        vec![pool("all", &[("role", "worker")], 0)],
+        vec![],
+        &[],
+    );
+    let ds = find(&d, "shop/web").daemonset.as_ref().expect("DaemonSet");
+    let v = serde_json::to_value(ds).expect("json");
+    assert_eq!(v["metadata"]["name"], "portway-shop-web");
+    assert_eq!(v["metadata"]["namespace"], "portway-system");
+    for (k, val) in [
+        ("app.kubernetes.io/managed-by", "portway"),
+        ("app.kubernetes.io/component", "node-agent"),
+        ("portway.dev/service-name", "web"),
+        ("portway.dev/service-namespace", "shop"),
+        ("portway.dev/pool", "all"),
+    ] {
+        assert_eq!(v["metadata"]["labels"][k], val, "{k}");
+    }
+    let pod = &v["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["name"], "agent");
+    assert_eq!(
+        c["args"],
+        json!([
+            "run",
+            "--namespace",
+            "shop",
+            "--service",
+            "web",
+            "--metrics-addr",
+            "0.0.0.0:9464"
+        ])
+    );
+    assert_eq!(
+        c["ports"][0],
+        json!({"name": "p-tcp-80", "containerPort": 80, "hostPort": 80, "protocol": "TCP"})
+    );
+    assert_eq!(
+        c["ports"][1],
+        json!({"name": "p-udp-53", "containerPort": 53, "hostPort": 53, "protocol": "UDP"})
+    );
+    assert_eq!(c["ports"][2]["name"], "metrics");
+    assert!(c["ports"][2].get("hostPort").is_none());
+    assert_eq!(
+        c["readinessProbe"]["exec"]["command"],
+        json!(["portway-agent", "probe", "ready"])
+    );
+    assert_eq!(
+        c["livenessProbe"]["exec"]["command"],
+        json!(["portway-agent", "probe", "live"])
+    );
+    assert_eq!(
+        c["securityContext"]["capabilities"],
+        json!({"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]})
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        c["volumeMounts"],
+        json!([{"name": "run", "mountPath": "/run"}])
+    );
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(
+        env,
+        [
+            "NODE_NAME",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "POD_IPS",
+            "HOST_IPS"
+        ]
+    );
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    assert_eq!(pod["serviceAccountName"], "portway-agent");
+    assert!(pod.get("hostNetwork").is_none());
+    assert_eq!(pod["tolerations"].as_array().map(Vec::len), Some(3));
+    assert!(
+        pod.get("securityContext").is_none(),
+        "no sysctls by default"
+    );
+
+    // Host dataplane and forwarding sysctls.
+    let mut cfg = config();
+    cfg.agent_forwarding_sysctls = true;
+    let observed = Observed {
+        services: arcs(vec![dual_stack(service("shop", "web", &["TCP/80"], 1))]),
+        nodes: arcs(workers()),
+        pools: arcs(vec![pool_with(
+            pool("all", &[], 0),
+            json!({"dataplane": "Host"}),
+        )]),
+        ..Default::default()
+    };
+    let d = desired_state(&observed, &cfg);
+    let v =
+        serde_json::to_value(find(&d, "shop/web").daemonset.as_ref().expect("ds")).expect("json");
+    let pod = &v["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert!(pod.get("affinity").is_none(), "empty selector: every node");
+    assert_eq!(
+        pod["containers"][0]["args"],
+        json!(["run", "--namespace", "shop", "--service", "web"])
+    );
+    assert_eq!(
+        pod["volumes"][1]["hostPath"],
+        json!({"path": "/run/xtables.lock", "type": "FileOrCreate"})
+    );
+    assert!(
+        pod.get("securityContext").is_none(),
+        "sysctls are not allowed on host-network pods"
+    );
+
+    let observed = Observed {
+        pools: arcs(vec![pool("all", &[], 0)]),
+        ..observed
+    };
+    let d = desired_state(&observed, &cfg);
+    let v =
+        serde_json::to_value(find(&d, "shop/web").daemonset.as_ref().expect("ds")).expect("json");
+    assert_eq!(
+        v["spec"]["template"]["spec"]["securityContext"]["sysctls"],
+        json!([{"name": "net.ipv4.ip_forward", "value": "1"}, {"name": "net.ipv6.conf.all.forwarding", "value": "1"}])
+    );
+}
+
+#[test]
+fn type_change_class_change_and_deletion_are_cleaned_up() {
+    let nodes = workers();
+    let pools = vec![pool("all", &[("role", "worker")], 0)];
+    let served = converge(
+        vec![service("ns", "web", &["TCP/80"], 1)],
+        nodes.clone(),
+        pools.clone(),
+        vec![],
+        &[("ns/web", &["w2"])],
+    );
+    let slb = find(&served, "ns/web")
+        .service_load_balancer
+        .clone()
+        .expect("slb");
+    let ds = find(&served, "ns/web").daemonset.clone().expect("ds");
+
+    let mut to_cluster_ip = finalized(service("ns", "web", &["TCP/80"], 1));
+    to_cluster_ip.spec.as_mut().expect("spec").type_ = Some("ClusterIP".into());
+    let mut other_class = finalized(service("ns", "web", &["TCP/80"], 1));
+    other_class.spec.as_mut().expect("spec").load_balancer_class = Some("example.com/other".into());
+    let mut deleting = finalized(service("ns", "web", &["TCP/80"], 1));
+    deleting.metadata.deletion_timestamp = Some(t(2000));
+
+    for (what, svc) in [
+        ("type change", to_cluster_ip),
+        ("class change", other_class),
+        ("deletion", deleting),
+    ] {
+        let observed = Observed {
+            services: arcs(vec![svc]),
+            nodes: arcs(nodes.clone()),
+            pools: arcs(pools.clone()),
+            service_load_balancers: arcs(vec![reported(&slb, &["w2"])]),
+            daemonsets: arcs(vec![ds.clone()]),
+            role_bindings: arcs(served.role_bindings.clone()),
+            ..Default::default()
+        };
+        let d = desired_state(&observed, &config());
+        let p = find(&d, "ns/web");
+        assert_eq!(p.finalizer, FinalizerAction::Remove, "{what}");
+        assert_eq!(p.state, ServiceState::CleaningUp, "{what}");
+        assert!(
+            p.daemonset.is_none() && p.service_load_balancer.is_none() && p.ingress.is_empty(),
+            "{what}"
+        );
+        assert_eq!(
+            d.cleanup.daemonsets,
+            vec![Key::new("portway-system", "portway-ns-web")],
+            "{what}"
+        );
+        assert_eq!(
+            d.cleanup.service_load_balancers,
+            vec![Key::new("ns", "web")],
+            "{what}"
+        );
+        assert_eq!(
+            d.cleanup.role_bindings,
+            vec![Key::new("ns", "portway-agent-status")],
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn other_load_balancer_class_is_ignored_and_own_class_is_served() {
+    let mut other = service("ns", "cloud", &["TCP/80"], 1);
+    other.spec.as_mut().expect("spec").load_balancer_class = Some("example.com/cloud".into());
+    let mut ours = service("ns", "mine", &["TCP/80"], 2);
+    ours.spec.as_mut().expect("spec").load_balancer_class = Some("portway.dev/servicelb".into());
+    let mut cluster_ip = service("ns", "plain", &["TCP/80"], 3);
+    cluster_ip.spec.as_mut().expect("spec").type_ = Some("ClusterIP".into());
+    let d = converge(
+        vec![other, ours, cluster_ip],
+        workers(),
+        vec![pool("all", &[], 0)],
+        vec![],
+        &[],
+    );
+    assert_eq!(d.services.len(), 1);
+    assert_eq!(d.services[0].service, Key::new("ns", "mine"));
+    assert_eq!(d.ignored.len(), 1);
+    assert_eq!(d.ignored[0].0, Key::new("ns", "cloud"));
+    // A conflict with an ignored Service's port is not Portway's business.
+    assert_eq!(d.services[0].state, ServiceState::Waiting);
+}
+
+#[test]
+fn pool_status_counts_nodes_and_services() {
+    let d = converge(
+        vec![
+            service("ns", "a", &["TCP/80"], 1),
+            service("ns", "b", &["TCP/81"], 2),
+        ],
+        workers(),
+        vec![
+            pool("all", &[("role", "worker")], 0),
+            pool("gpu", &[("gpu", "y")], 0),
+        ],
+        vec![],
+        &[],
+    );
+    let all = d.pools.iter().find(|p| p.name == "all").expect("all");
+    assert_eq!((all.status.nodes, all.status.services), (3, 2));
+    assert!(condition::is_true(&all.status.conditions, types::READY));
+    let gpu = d.pools.iter().find(|p| p.name == "gpu").expect("gpu");
+    assert_eq!((gpu.status.nodes, gpu.status.services), (0, 0));
+    assert!(condition::is_true(&gpu.status.conditions, types::NO_NODES));
+    assert_eq!(d.role_bindings.len(), 1, "one RoleBinding for namespace ns");
+}
+
+#[test]
+fn resync_with_nothing_new_keeps_times_and_plans_no_events() {
+    let d1 = converge(
+        vec![service("ns", "web", &["TCP/80"], 1)],
+        workers(),
+        vec![pool("all", &[], 0)],
+        vec![],
+        &[("ns/web", &["w1"])],
+    );
+    let p1 = find(&d1, "ns/web");
+    let slb = p1.service_load_balancer.clone().expect("slb");
+    // Stored as written, with the agents' report; resync at a later time.
+    let stored = reported(&slb, &["w1"]);
+    let observed = Observed {
+        services: arcs(vec![finalized(service("ns", "web", &["TCP/80"], 1))]),
+        nodes: arcs(workers()),
+        pools: arcs(vec![pool("all", &[], 0)]),
+        service_load_balancers: arcs(vec![stored]),
+        ..Default::default()
+    };
+    let mut later = config();
+    later.now = t(9999);
+    let d2 = desired_state(&observed, &later);
+    let p2 = find(&d2, "ns/web");
+    assert!(p2.events.is_empty(), "{:?}", p2.events);
+    assert_eq!(p2.conditions, p1.conditions, "lastTransitionTime kept");
+    assert_eq!(
+        p2.service_load_balancer.as_ref().map(|s| &s.spec),
+        Some(&slb.spec)
+    );
+}
+
+#[test]
+fn examples_plan_as_documented() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let set = portway_operator::input::read_paths(&[dir]).expect("examples");
+    let mut cfg = config();
+    cfg.assume_agents_forwarding = true;
+    let d = desired_state(&portway_operator::cli::plan::observed(&set), &cfg);
+    let served: Vec<String> = d
+        .services
+        .iter()
+        .filter(|p| p.daemonset.is_some())
+        .map(|p| p.service.to_string())
+        .collect();
+    assert_eq!(
+        served,
+        ["factory/mqtt", "infra/dns", "shop/admin", "shop/storefront"]
+    );
+    assert_eq!(
+        ips(find(&d, "infra/dns")),
+        ["203.0.113.11", "2001:db8:10::11"]
+    );
+    assert_eq!(ips(find(&d, "factory/mqtt")), ["10.77.0.22"]);
+    assert_eq!(ips(find(&d, "shop/admin")), ["203.0.113.11"]);
+    assert_eq!(
+        ips(find(&d, "shop/storefront")),
+        ["203.0.113.11", "203.0.113.12"]
+    );
+    assert_eq!(
+        d.ignored
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect::<Vec<_>>(),
+        ["shop/cloud-lb"]
+    );
+    let _ = plan::names::daemonset_name(&Key::new("a", "b"));
+}
