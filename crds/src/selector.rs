@@ -25,7 +25,14 @@ pub struct LabelSelector {
     #[x_kube(validation = kube::core::Rule::new(
         "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$') && size(self[k]) <= 63 && self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$'))"
     ).message("matchLabels keys must be qualified names and values valid label values (at most 63 characters)"))]
-    #[schemars(extend("maxProperties" = 64))]
+    // `maxLength` on the values bounds the CEL cost estimate: without it the API server's
+    // estimator assumes request-sized strings and refuses the CRD ("estimated rule cost exceeds
+    // budget by factor of 24.2x"). Keys cannot be bounded in a structural schema; the key regex
+    // alone fits the budget.
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "additionalProperties" = { "type": "string", "maxLength": 63 }
+    ))]
     pub match_labels: BTreeMap<String, String>,
     /// Set-based requirements (`In`, `NotIn`, `Exists`, `DoesNotExist`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
