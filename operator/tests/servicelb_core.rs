@@ -102,15 +102,17 @@ struct Case {
     pools: Vec<LoadBalancerPool>,
     slices: Vec<EndpointSlice>,
     forwarding: Vec<(&'static str, &'static [&'static str])>,
-    /// (service, state, pool, ingress, Ready reason)
-    expect: Vec<(
-        &'static str,
-        ServiceState,
-        Option<&'static str>,
-        Vec<&'static str>,
-        &'static str,
-    )>,
+    expect: Vec<Expect>,
 }
+
+/// (service, state, pool, ingress, Ready reason)
+type Expect = (
+    &'static str,
+    ServiceState,
+    Option<&'static str>,
+    Vec<&'static str>,
+    &'static str,
+);
 
 fn cases() -> Vec<Case> {
     let all = || pool("all", &[("role", "worker")], 0);

@@ -195,7 +195,10 @@ fn parse<T: serde::de::DeserializeOwned>(v: Vec<Value>) -> Vec<Arc<T>> {
         .collect()
 }
 
-fn world() -> impl Strategy<Value = (Vec<Value>, Vec<Value>, Vec<Value>, Vec<Value>, Vec<usize>)> {
+/// Services, Nodes, pools, EndpointSlices (as JSON), and the node indices whose agents forward.
+type World = (Vec<Value>, Vec<Value>, Vec<Value>, Vec<Value>, Vec<usize>);
+
+fn world() -> impl Strategy<Value = World> {
     (
         (0usize..6).prop_flat_map(|n| (0..n).map(service).collect::<Vec<_>>()),
         (0usize..6).prop_flat_map(|n| (0..n).map(node).collect::<Vec<_>>()),

@@ -15,7 +15,7 @@ pub mod diff;
 pub mod error;
 pub mod reconcile;
 pub mod sweep;
-mod watch;
+pub mod watch;
 pub mod writes;
 
 use std::sync::Arc;

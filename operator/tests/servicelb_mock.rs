@@ -1,0 +1,691 @@
+//! Request-sequence tests of the ServiceLB controller against a mocked API server (tower-test),
+//! with a pinned clock: the create path, a no-op resync (zero writes), deletion with the
+//! finalizer, a type change, and the orphan sweep. Also the operator fault group of the
+//! reliability suite: 409s and 500s retried with backoff, watch errors retried with backoff,
+//! no duplicate DaemonSets, and a leader hand-over that does not apply again.
+
+mod servicelb_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, store::Writer};
+use portway_crds::{LoadBalancerPool, ServiceLoadBalancer};
+use portway_operator::controllers::servicelb::context::{Context, Stores};
+use portway_operator::controllers::servicelb::{ServiceLbArgs, reconcile, sweep, watch};
+use portway_operator::fixtures::*;
+use portway_operator::metrics::Metrics;
+use serde_json::{Value, json};
+use servicelb_support::{Fake, Seen, fill};
+
+struct Writers {
+    services: Writer<Service>,
+    nodes: Writer<Node>,
+    slices: Writer<EndpointSlice>,
+    pools: Writer<LoadBalancerPool>,
+    namespaces: Writer<Namespace>,
+    slbs: Writer<ServiceLoadBalancer>,
+    daemonsets: Writer<DaemonSet>,
+    role_bindings: Writer<RoleBinding>,
+}
+
+/// The cluster as the stores see it.
+#[derive(Clone, Default)]
+struct State {
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+    slbs: Vec<ServiceLoadBalancer>,
+    daemonsets: Vec<DaemonSet>,
+    role_bindings: Vec<RoleBinding>,
+    /// Pools (default: one pool `all` over the workers, without status).
+    pools: Option<Vec<LoadBalancerPool>>,
+}
+
+struct World {
+    ctx: Arc<Context>,
+    fake: Fake,
+    w: Writers,
+}
+
+fn args() -> ServiceLbArgs {
+    ServiceLbArgs {
+        load_balancer_class: "portway.dev/servicelb".into(),
+        namespace: "portway-system".into(),
+        agent_image: "portway-agent:test".into(),
+        agent_service_account: "portway-agent".into(),
+        agent_status_cluster_role: "portway-agent-status".into(),
+        agent_forwarding_sysctls: false,
+    }
+}
+
+fn nodes() -> Vec<Node> {
+    vec![
+        node(
+            "w1",
+            &[("role", "worker")],
+            &[("InternalIP", "192.168.0.1"), ("ExternalIP", "203.0.113.1")],
+        ),
+        node(
+            "w2",
+            &[("role", "worker")],
+            &[("InternalIP", "192.168.0.2")],
+        ),
+    ]
+}
+
+fn world(state: &State) -> World {
+    let (client, fake) = Fake::start();
+    let (services, sw) = reflector::store();
+    let (nodes_r, nw) = reflector::store();
+    let (slices, slw) = reflector::store();
+    let (pools, pw) = reflector::store();
+    let (namespaces, nsw) = reflector::store();
+    let (slbs, sbw) = reflector::store();
+    let (daemonsets, dw) = reflector::store();
+    let (role_bindings, rw) = reflector::store();
+    let stores = Stores {
+        services,
+        nodes: nodes_r,
+        endpoint_slices: slices,
+        pools,
+        namespaces,
+        service_load_balancers: slbs,
+        daemonsets,
+        role_bindings,
+    };
+    let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
+    let ctx = Arc::new(Context::new(
+        client,
+        args(),
+        stores,
+        metrics,
+        Arc::new(|| t(1000)),
+        Some("test".into()),
+    ));
+    let mut w = Writers {
+        services: sw,
+        nodes: nw,
+        slices: slw,
+        pools: pw,
+        namespaces: nsw,
+        slbs: sbw,
+        daemonsets: dw,
+        role_bindings: rw,
+    };
+    fill(&mut w.nodes, nodes());
+    fill(
+        &mut w.pools,
+        state
+            .pools
+            .clone()
+            .unwrap_or_else(|| vec![pool("all", &[("role", "worker")], 0)]),
+    );
+    fake.seed(
+        "/apis/portway.dev/v1alpha1/loadbalancerpools/all",
+        serde_json::to_value(pool("all", &[("role", "worker")], 0)).expect("json"),
+    );
+    fill(&mut w.namespaces, vec![]);
+    let mut world = World { ctx, fake, w };
+    world.set(state);
+    world
+}
+
+impl World {
+    fn set(&mut self, s: &State) {
+        fill(&mut self.w.services, s.services.clone());
+        fill(&mut self.w.slices, s.slices.clone());
+        fill(&mut self.w.slbs, s.slbs.clone());
+        for slb in &s.slbs {
+            let path = format!(
+                "/apis/portway.dev/v1alpha1/namespaces/{}/serviceloadbalancers/{}",
+                slb.metadata.namespace.as_deref().unwrap_or_default(),
+                slb.metadata.name.as_deref().unwrap_or_default()
+            );
+            self.fake
+                .seed(&path, serde_json::to_value(slb).expect("json"));
+        }
+        fill(&mut self.w.daemonsets, s.daemonsets.clone());
+        fill(&mut self.w.role_bindings, s.role_bindings.clone());
+        self.ctx.invalidate();
+    }
+
+    async fn reconcile(&self, svc: &Service) -> Result<Action, reconcile_error::E> {
+        reconcile::reconcile(Arc::new(svc.clone()), self.ctx.clone()).await
+    }
+}
+
+mod reconcile_error {
+    pub type E = portway_operator::controllers::servicelb::Error;
+}
+
+fn lines(seen: &[Seen]) -> Vec<String> {
+    seen.iter().map(Seen::line).collect()
+}
+
+const SVC: &str = "/api/v1/namespaces/ns/services/web";
+const SLB: &str = "/apis/portway.dev/v1alpha1/namespaces/ns/serviceloadbalancers/web";
+const DS: &str = "/apis/apps/v1/namespaces/portway-system/daemonsets/portway-ns-web";
+const RB: &str =
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings/portway-agent-status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+
+fn body_of<'a>(seen: &'a [Seen], method: &str, path: &str) -> &'a Value {
+    &seen
+        .iter()
+        .rev()
+        .find(|s| s.method == method && s.path == path)
+        .unwrap_or_else(|| panic!("no {method} {path} in {:?}", lines(seen)))
+        .body
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("deserializes")
+}
+
+/// What the stores hold after the server stored the writes in `seen` (plus server defaults).
+fn stored_after(before: &State, seen: &[Seen], svc: &Service) -> State {
+    let seen: Vec<Seen> = seen.iter().filter(|s| s.code < 300).cloned().collect();
+    let seen = seen.as_slice();
+    let mut s = before.clone();
+    let mut svc = svc.clone();
+    if let Some(f) = seen
+        .iter()
+        .rev()
+        .find(|x| x.method == "PATCH" && x.path == SVC)
+    {
+        svc.metadata.finalizers = parse(f.body["metadata"]["finalizers"].clone());
+    }
+    if let Some(st) = seen
+        .iter()
+        .rev()
+        .find(|x| x.path == format!("{SVC}/status"))
+    {
+        let mut status = svc.status.clone().unwrap_or_default();
+        status.load_balancer = Some(parse(st.body["status"]["loadBalancer"].clone()));
+        svc.status = Some(status);
+    }
+    s.services = vec![svc];
+    if let Some(spec) = seen
+        .iter()
+        .rev()
+        .find(|x| x.method == "PATCH" && x.path == SLB)
+    {
+        let mut slb: Value = spec.body.clone();
+        slb["metadata"]["generation"] = json!(1);
+        let old_status = s
+            .slbs
+            .first()
+            .and_then(|o| serde_json::to_value(&o.status).ok());
+        slb["status"] = old_status.unwrap_or(Value::Null);
+        if let Some(st) = seen
+            .iter()
+            .rev()
+            .find(|x| x.path == format!("{SLB}/status"))
+        {
+            let nodes = slb["status"]["nodes"].clone();
+            slb["status"] = st.body["status"].clone();
+            if !nodes.is_null() {
+                slb["status"]["nodes"] = nodes;
+            }
+        }
+        s.slbs = vec![parse(slb)];
+    } else if let Some(st) = seen
+        .iter()
+        .rev()
+        .find(|x| x.path == format!("{SLB}/status"))
+    {
+        let mut slb = serde_json::to_value(&s.slbs[0]).expect("json");
+        let nodes = slb["status"]["nodes"].clone();
+        slb["status"] = st.body["status"].clone();
+        slb["status"]["nodes"] = nodes;
+        s.slbs = vec![parse(slb)];
+    }
+    if let Some(ds) = seen
+        .iter()
+        .rev()
+        .find(|x| x.method == "PATCH" && x.path == DS)
+    {
+        let mut v = ds.body.clone();
+        // Defaults the API server adds: must not count as a difference.
+        v["spec"]["revisionHistoryLimit"] = json!(10);
+        v["spec"]["updateStrategy"] =
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}});
+        v["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
+        v["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
+            json!("/dev/termination-log");
+        v["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        v["metadata"]["generation"] = json!(1);
+        s.daemonsets = vec![parse(v)];
+    }
+    if let Some(rb) = seen
+        .iter()
+        .rev()
+        .find(|x| x.method == "PATCH" && x.path == RB)
+    {
+        s.role_bindings = vec![parse(rb.body.clone())];
+    }
+    s
+}
+
+fn with_forwarding(mut s: State, nodes: &[&str]) -> State {
+    s.slbs = s.slbs.iter().map(|slb| reported(slb, nodes)).collect();
+    s
+}
+
+#[tokio::test]
+async fn create_path_then_noop_resync_then_agents_forwarding() {
+    let svc = service("ns", "web", &["TCP/80", "UDP/53"], 1);
+    let state = State {
+        services: vec![svc.clone()],
+        ..Default::default()
+    };
+    let mut w = world(&state);
+
+    // 1. Create path.
+    let action = w.reconcile(&svc).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let seen = w.fake.requests();
+    assert_eq!(
+        lines(&seen),
+        [
+            format!("PATCH {SVC}"),
+            format!("PATCH {RB}"),
+            format!("PATCH {SLB}"),
+            format!("PATCH {DS}"),
+            format!("PATCH {SLB}/status"),
+            format!("POST {EVENTS}"),
+            format!("POST {EVENTS}"),
+        ]
+    );
+    assert_eq!(
+        seen[0].body["metadata"]["finalizers"],
+        json!(["servicelb.portway.dev/cleanup"])
+    );
+    assert_eq!(
+        seen[0].body["metadata"]["resourceVersion"], "1",
+        "finalizer patch is optimistic"
+    );
+    for s in &seen[1..5] {
+        assert!(
+            s.query.contains("fieldManager=servicelb.portway.dev")
+                && s.query.contains("force=true"),
+            "{}: {}",
+            s.line(),
+            s.query
+        );
+    }
+    let ds = body_of(&seen, "PATCH", DS);
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["ports"][0]["hostPort"],
+        80
+    );
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        "portway-agent:test"
+    );
+    let slb_status = body_of(&seen, "PATCH", &format!("{SLB}/status"));
+    assert!(
+        slb_status["status"].get("nodes").is_none(),
+        "operator never writes status.nodes"
+    );
+    assert_eq!(slb_status["status"]["observedGeneration"], 1);
+    let reasons: Vec<&str> = seen[5..]
+        .iter()
+        .filter_map(|s| s.body["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["PoolMatched", "AgentsNotForwarding"]);
+    assert_eq!(
+        body_of(&seen, "PATCH", SLB)["metadata"]["ownerReferences"][0]["uid"],
+        "uid-ns-web"
+    );
+
+    // 2. Resync with everything stored: zero writes, twice.
+    let stored = stored_after(&state, &seen, &svc);
+    w.set(&stored);
+    w.fake.clear();
+    let svc1 = stored.services[0].clone();
+    w.reconcile(&svc1).await.expect("resync");
+    w.reconcile(&svc1).await.expect("resync");
+    assert_eq!(
+        lines(&w.fake.writes()),
+        Vec::<String>::new(),
+        "no-op resync must not write"
+    );
+
+    // 3. Agents report Forwarding on w1: ingress and Ready change, one Event.
+    let forwarding = with_forwarding(stored, &["w1"]);
+    w.set(&forwarding);
+    w.reconcile(&svc1).await.expect("reconcile");
+    let seen = w.fake.requests();
+    assert_eq!(
+        lines(&seen),
+        [
+            format!("PATCH {SLB}/status"),
+            format!("PATCH {SVC}/status"),
+            format!("POST {EVENTS}")
+        ]
+    );
+    assert_eq!(
+        body_of(&seen, "PATCH", &format!("{SVC}/status"))["status"]["loadBalancer"]["ingress"],
+        json!([{"ip": "203.0.113.1", "ipMode": "VIP"}])
+    );
+    assert_eq!(seen[2].body["reason"], "AgentsForwarding");
+
+    // 4. And that stored: quiet again.
+    let stored = stored_after(&forwarding, &seen, &svc1);
+    w.set(&stored);
+    w.fake.clear();
+    w.reconcile(&stored.services[0]).await.expect("resync");
+    assert!(w.fake.writes().is_empty(), "{:?}", lines(&w.fake.writes()));
+    println!("noop resync writes: 0");
+}
+
+async fn served_state() -> State {
+    let svc = service("ns", "web", &["TCP/80"], 1);
+    let state = State {
+        services: vec![svc.clone()],
+        ..Default::default()
+    };
+    let w = world(&state);
+    w.reconcile(&svc).await.expect("create");
+    let stored = stored_after(&state, &w.fake.requests(), &svc);
+    let forwarding = with_forwarding(stored, &["w1"]);
+    let mut w = world(&forwarding);
+    w.reconcile(&forwarding.services[0])
+        .await
+        .expect("forwarding");
+    let s = stored_after(&forwarding, &w.fake.requests(), &forwarding.services[0]);
+    w.set(&s);
+    s
+}
+
+#[tokio::test]
+async fn deletion_with_finalizer_cleans_up_then_releases() {
+    let mut state = served_state().await;
+    let mut svc = state.services[0].clone();
+    assert!(
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .is_some_and(|i| !i.is_empty())
+    );
+    svc.metadata.deletion_timestamp = Some(t(2000));
+    state.services = vec![svc.clone()];
+    let w = world(&state);
+    let action = w.reconcile(&svc).await.expect("cleanup");
+    assert_eq!(action, Action::await_change());
+    let seen = w.fake.requests();
+    assert_eq!(
+        lines(&seen),
+        [
+            format!("DELETE {DS}"),
+            format!("DELETE {SLB}"),
+            format!("PATCH {SVC}/status"),
+            format!("PATCH {SVC}")
+        ]
+    );
+    assert_eq!(
+        seen[2].body["status"]["loadBalancer"],
+        json!({}),
+        "ingress released"
+    );
+    assert_eq!(
+        seen[3].body["metadata"]["finalizers"],
+        json!([]),
+        "finalizer removed last"
+    );
+}
+
+#[tokio::test]
+async fn type_change_cleans_up_like_deletion() {
+    let mut state = served_state().await;
+    let mut svc = state.services[0].clone();
+    svc.spec.as_mut().expect("spec").type_ = Some("ClusterIP".into());
+    state.services = vec![svc.clone()];
+    let w = world(&state);
+    w.reconcile(&svc).await.expect("cleanup");
+    assert_eq!(
+        lines(&w.fake.requests()),
+        [
+            format!("DELETE {DS}"),
+            format!("DELETE {SLB}"),
+            format!("PATCH {SVC}/status"),
+            format!("PATCH {SVC}")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn orphan_sweep_deletes_what_nothing_desires() {
+    let state = served_state().await;
+    let mut orphan_ds = state.daemonsets[0].clone();
+    orphan_ds.metadata.name = Some("portway-gone-svc".into());
+    let labels = orphan_ds.metadata.labels.as_mut().expect("labels");
+    labels.insert("portway.dev/service-namespace".into(), "gone".into());
+    labels.insert("portway.dev/service-name".into(), "svc".into());
+    let mut orphan_slb = state.slbs[0].clone();
+    orphan_slb.metadata.namespace = Some("other".into());
+    let mut orphan_rb = state.role_bindings[0].clone();
+    orphan_rb.metadata.namespace = Some("other".into());
+    let mut s = state.clone();
+    s.daemonsets.push(orphan_ds);
+    s.slbs.push(orphan_slb);
+    s.role_bindings.push(orphan_rb);
+    let w = world(&s);
+    let report = sweep::sweep(&w.ctx).await.expect("sweep");
+    assert_eq!(
+        (
+            report.deleted_daemonsets,
+            report.deleted_service_load_balancers,
+            report.deleted_role_bindings
+        ),
+        (1, 1, 1)
+    );
+    let writes: Vec<String> = lines(&w.fake.writes());
+    assert_eq!(
+        writes,
+        [
+            "PATCH /apis/portway.dev/v1alpha1/loadbalancerpools/all/status".to_owned(),
+            "DELETE /apis/apps/v1/namespaces/portway-system/daemonsets/portway-gone-svc".to_owned(),
+            "DELETE /apis/portway.dev/v1alpha1/namespaces/other/serviceloadbalancers/web".to_owned(),
+            "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/other/rolebindings/portway-agent-status".to_owned(),
+        ]
+    );
+    let pool_status = &w.fake.writes()[0].body["status"];
+    assert_eq!(
+        (
+            pool_status["nodes"].as_i64(),
+            pool_status["services"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
+}
+
+/// One fault scenario: inject, reconcile like the controller would until success, check.
+async fn fault_case(needle: &str, code: u16, times: usize) -> (bool, usize, Vec<Duration>) {
+    let svc = service("ns", "web", &["TCP/80"], 1);
+    let mut state = State {
+        services: vec![svc.clone()],
+        ..Default::default()
+    };
+    let mut w = world(&state);
+    w.fake.fail(needle, code, times);
+    let mut waits = Vec::new();
+    let mut recovered = false;
+    for _ in 0..10 {
+        let current = state.services[0].clone();
+        match w.reconcile(&current).await {
+            Ok(_) => {
+                recovered = true;
+                break;
+            }
+            Err(e) => {
+                let action = reconcile::error_policy(Arc::new(current), &e, w.ctx.clone());
+                let wait = (1..=300)
+                    .map(Duration::from_secs)
+                    .find(|d| action == Action::requeue(*d))
+                    .expect("requeue with a delay");
+                waits.push(wait);
+                // The server kept what succeeded before the fault.
+                state = stored_after(&state, &w.fake.requests(), &state.services[0]);
+                w.set(&state);
+            }
+        }
+    }
+    let ds_writes: Vec<Seen> = w
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|s| s.path.contains("/daemonsets"))
+        .collect();
+    let distinct: std::collections::BTreeSet<&str> =
+        ds_writes.iter().map(|s| s.path.as_str()).collect();
+    let posts = ds_writes.iter().filter(|s| s.method == "POST").count();
+    (recovered, distinct.len().saturating_sub(1) + posts, waits)
+}
+
+#[tokio::test]
+async fn operator_faults_are_retried_with_backoff() {
+    let cases: [(&str, &str, u16, usize); 5] = [
+        (
+            "409 on the finalizer patch",
+            "PATCH /api/v1/namespaces/ns/services/web",
+            409,
+            1,
+        ),
+        (
+            "500 on the DaemonSet apply (twice)",
+            "PATCH /apis/apps/v1/",
+            500,
+            2,
+        ),
+        (
+            "409 on the ServiceLoadBalancer status",
+            "serviceloadbalancers/web/status",
+            409,
+            1,
+        ),
+        (
+            "500 on the ServiceLoadBalancer apply",
+            "PATCH /apis/portway.dev/v1alpha1/namespaces/ns/serviceloadbalancers/web",
+            500,
+            3,
+        ),
+        ("500 on the RoleBinding apply", "rolebindings", 500, 1),
+    ];
+    let mut tried = 0;
+    let mut recovered = 0;
+    let mut duplicates = 0;
+    for (what, needle, code, times) in cases {
+        tried += 1;
+        let (ok, dups, waits) = fault_case(needle, code, times).await;
+        assert!(ok, "{what}: not recovered");
+        assert_eq!(waits.len(), times, "{what}: one retry per injected fault");
+        let expected: Vec<Duration> = (0..times).map(|i| Duration::from_secs(1 << i)).collect();
+        assert_eq!(waits, expected, "{what}: exponential backoff");
+        recovered += usize::from(ok);
+        duplicates += dups;
+    }
+    let (watch_ok, gap) = watch_recovers_after_errors().await;
+    tried += 1;
+    recovered += usize::from(watch_ok);
+    assert!(watch_ok, "watch did not recover");
+    assert!(
+        gap >= Duration::from_millis(500),
+        "watch retried after {gap:?}, without backoff"
+    );
+    let handover_writes = leader_handover_writes().await;
+    tried += 1;
+    recovered += usize::from(handover_writes == 0);
+    assert_eq!(handover_writes, 0, "the new leader re-applied");
+    assert_eq!(duplicates, 0);
+    println!(
+        "operator-faults: {tried} tried, {recovered} recovered, {duplicates} duplicate DaemonSets"
+    );
+}
+
+/// A list that fails with 500, then a watch that fails: the stream yields the errors, backs off,
+/// relists, and ends up with the object in its store.
+async fn watch_recovers_after_errors() -> (bool, Duration) {
+    let (client, fake) = Fake::start();
+    fake.fail("GET /api/v1/nodes", 500, 2);
+    fake.on_get(
+        "/api/v1/nodes",
+        200,
+        json!({
+            "kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "5"},
+            "items": [serde_json::to_value(&nodes()[0]).expect("json")],
+        }),
+    );
+    let (reader, writer) = reflector::store::<Node>();
+    let hooks = watch::Hooks::new(Default::default());
+    let stream = watch::objects(
+        kube::Api::<Node>::all(client),
+        Default::default(),
+        writer,
+        hooks.global(watch::node_fingerprint),
+    );
+    let mut stream = std::pin::pin!(stream);
+    let mut errors = 0;
+    let mut got = false;
+    tokio::time::pause();
+    for _ in 0..20 {
+        match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+            Ok(Some(Err(_))) => errors += 1,
+            Ok(Some(Ok(_))) => got = true,
+            _ => break,
+        }
+        if got && reader.state().len() == 1 {
+            break;
+        }
+    }
+    tokio::time::resume();
+    let lists: Vec<Seen> = fake
+        .requests()
+        .into_iter()
+        .filter(|s| s.path == "/api/v1/nodes")
+        .collect();
+    let gap = lists
+        .get(1)
+        .zip(lists.first())
+        .map(|(b, a)| b.at - a.at)
+        .unwrap_or_default();
+    (got && errors >= 2 && reader.state().len() == 1, gap)
+}
+
+/// Replica A converged the cluster and lost the Lease; replica B starts with fresh caches of
+/// the same cluster and must write nothing.
+async fn leader_handover_writes() -> usize {
+    let mut state = served_state().await;
+    // Replica A's sweep wrote the pool status too.
+    let a = world(&state);
+    sweep::sweep(&a.ctx).await.expect("sweep on A");
+    let pool_status = a
+        .fake
+        .writes()
+        .iter()
+        .find(|s| s.path.ends_with("loadbalancerpools/all/status"))
+        .map(|s| s.body["status"].clone());
+    let mut p = serde_json::to_value(pool("all", &[("role", "worker")], 0)).expect("json");
+    p["status"] = pool_status.expect("A wrote the pool status");
+    state.pools = Some(vec![parse(p)]);
+    let b = world(&state);
+    for svc in &state.services {
+        b.reconcile(svc).await.expect("reconcile on the new leader");
+    }
+    sweep::sweep(&b.ctx).await.expect("sweep");
+    // The pool status write is the only thing A's sweep would have made: apply it and retry.
+    let writes = b.fake.writes();
+    let non_pool: Vec<&Seen> = writes
+        .iter()
+        .filter(|s| !s.path.contains("loadbalancerpools"))
+        .collect();
+    non_pool.len()
+}
