@@ -43,8 +43,21 @@ pub const COMMON: &[Permission] = &[
 /// The ServiceLB controller (owned by the ServiceLB work; keep equal to its calls).
 pub const SERVICELB: &[Permission] = &[];
 
-/// The ClusterCIDR controller (owned by the ClusterCIDR work; keep equal to its calls).
-pub const CLUSTERCIDR: &[Permission] = &[];
+/// The ClusterCIDR controller (owned by the ClusterCIDR work; keep equal to its calls):
+/// - Nodes: list and watch (the allocation state), `patch` of `spec.podCIDRs` (merge patch with
+///   resourceVersion), `get` to re-read a Node after a conflicting patch;
+/// - ClusterCIDRs: list and watch, `patch` of the finalizer, `get` and `create` of the default
+///   ClusterCIDR made from `--default-cluster-cidr`;
+/// - `patch` (server-side apply) of ClusterCIDR status.
+pub const CLUSTERCIDR: &[Permission] = &[
+    p("", "nodes", &["get", "list", "watch", "patch"]),
+    p(
+        "portway.dev",
+        "clustercidrs",
+        &["get", "list", "watch", "create", "patch"],
+    ),
+    p("portway.dev", "clustercidrs/status", &["patch"]),
+];
 
 /// Every permission of the operator.
 pub fn all() -> Vec<Permission> {
