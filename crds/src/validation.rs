@@ -137,9 +137,21 @@ pub fn validate(kind: Kind, object: &Value, old: Option<&Value>) -> Result<(), I
     match &compiled.json_schema {
         Some(validator) => {
             for e in validator.iter_errors(object) {
+                let mut path = json_pointer_to_path(e.instance_path().as_str());
+                // The API server reports a missing required field at the field's own path
+                // (`spec.nodeSelector: Required value`), not at the object that lacks it.
+                if let jsonschema::error::ValidationErrorKind::Required {
+                    property: Value::String(property),
+                } = e.kind()
+                {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(property);
+                }
                 violations.push(Violation {
                     check: Check::Schema,
-                    path: json_pointer_to_path(e.instance_path().as_str()),
+                    path,
                     message: e.to_string(),
                 });
             }
