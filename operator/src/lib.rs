@@ -11,3 +11,5 @@ pub mod metrics;
 pub mod migrate;
 pub mod permissions;
 pub mod plan;
+pub mod preflight;
+pub mod server;

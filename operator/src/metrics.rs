@@ -2,8 +2,7 @@
 //! (`portway_operator_*`). Each controller registers its own set into one shared Registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::plan::ServiceState;
@@ -21,8 +20,6 @@ pub struct Metrics {
     pub services: IntGaugeVec,
     /// API writes by resource and verb.
     pub writes: IntCounterVec,
-    /// 1 while this replica holds the leader Lease.
-    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -66,16 +63,11 @@ impl Metrics {
             ),
             &["resource", "verb"],
         )?;
-        let leader = IntGauge::new(
-            "portway_operator_leader",
-            "1 while this replica holds the leader Lease",
-        )?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(services.clone()))?;
         registry.register(Box::new(writes.clone()))?;
-        registry.register(Box::new(leader.clone()))?;
         for s in ServiceState::ALL {
             services.with_label_values(&[s.as_str()]).set(0);
         }
@@ -85,7 +77,6 @@ impl Metrics {
             duration,
             services,
             writes,
-            leader,
         })
     }
 

@@ -30,7 +30,8 @@ const fn p(
     }
 }
 
-/// Shared by both controllers: leader election and Events.
+/// Shared by both controllers: leader election (`controllers::lease`: get, create and update of
+/// the Lease) and Events (kube's Recorder creates an Event, then patches it into a series).
 pub const COMMON: &[Permission] = &[
     p(
         "coordination.k8s.io",
@@ -40,8 +41,48 @@ pub const COMMON: &[Permission] = &[
     p("events.k8s.io", "events", &["create", "patch"]),
 ];
 
-/// The ServiceLB controller (owned by the ServiceLB work; keep equal to its calls).
-pub const SERVICELB: &[Permission] = &[];
+/// The ServiceLB controller (owned by the ServiceLB work; keep equal to its calls):
+/// - watches (list, watch) of everything it reads;
+/// - `patch` of Services (finalizer, merge patch with resourceVersion) and their status (ingress);
+/// - server-side apply (`patch`, plus `create` because an apply that creates is authorized as
+///   create) and `delete` of ServiceLoadBalancers, node-agent DaemonSets and agent RoleBindings;
+/// - `patch` of the status of ServiceLoadBalancers and LoadBalancerPools;
+/// - `bind` of the agents' status ClusterRole, needed to create RoleBindings to it without
+///   holding its permissions.
+pub const SERVICELB: &[Permission] = &[
+    p("", "services", &["list", "watch", "patch"]),
+    p("", "services/status", &["patch"]),
+    p("", "nodes", &["list", "watch"]),
+    p("", "namespaces", &["list", "watch"]),
+    p("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    p("portway.dev", "loadbalancerpools", &["list", "watch"]),
+    p("portway.dev", "loadbalancerpools/status", &["patch"]),
+    p(
+        "portway.dev",
+        "serviceloadbalancers",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    p("portway.dev", "serviceloadbalancers/status", &["patch"]),
+    p(
+        "apps",
+        "daemonsets",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    p(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    Permission {
+        group: "rbac.authorization.k8s.io",
+        resource: "clusterroles",
+        verbs: &["bind"],
+        resource_names: &[AGENT_STATUS_CLUSTER_ROLE],
+    },
+];
+
+/// Default name of the ClusterRole the operator binds for the agents (`--agent-status-cluster-role`).
+pub const AGENT_STATUS_CLUSTER_ROLE: &str = "portway-agent-status";
 
 /// The ClusterCIDR controller (owned by the ClusterCIDR work; keep equal to its calls):
 /// - Nodes: list and watch (the allocation state), `patch` of `spec.podCIDRs` (merge patch with

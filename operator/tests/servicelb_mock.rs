@@ -689,3 +689,105 @@ async fn leader_handover_writes() -> usize {
         .collect();
     non_pool.len()
 }
+
+/// (group, resource[/subresource], verb) of a request, as RBAC sees it.
+fn rbac_of(s: &Seen) -> (String, String, String) {
+    let parts: Vec<&str> = s.path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.first() {
+        Some(&"api") => ("", &parts[2..]),
+        _ => (
+            parts.get(1).copied().unwrap_or(""),
+            &parts[parts.len().min(3)..],
+        ),
+    };
+    let rest: Vec<&str> = if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+        rest[2..].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    let resource = match rest.len() {
+        0 => String::new(),
+        1 | 2 => rest[0].to_owned(),
+        _ => format!("{}/{}", rest[0], rest[2]),
+    };
+    let verb = match s.method.as_str() {
+        "PATCH" => "patch",
+        "POST" => "create",
+        "PUT" => "update",
+        "DELETE" => "delete",
+        _ if s.query.contains("watch=true") => "watch",
+        _ if rest.len() == 1 => "list",
+        _ => "get",
+    };
+    (group.to_owned(), resource, verb.to_owned())
+}
+
+#[tokio::test]
+async fn every_request_is_covered_by_the_permission_list() {
+    use portway_operator::permissions;
+    let mut seen = Vec::new();
+    // Create path, agents forwarding, deletion, orphan sweep, and the watches.
+    let svc = service("ns", "web", &["TCP/80"], 1);
+    let state = State {
+        services: vec![svc.clone()],
+        ..Default::default()
+    };
+    let w = world(&state);
+    w.reconcile(&svc).await.expect("create");
+    seen.extend(w.fake.requests());
+    let mut served = served_state().await;
+    let mut deleting = served.services[0].clone();
+    deleting.metadata.deletion_timestamp = Some(t(2000));
+    served.services = vec![deleting.clone()];
+    let w = world(&served);
+    w.reconcile(&deleting).await.expect("delete");
+    sweep::sweep(&w.ctx).await.expect("sweep");
+    seen.extend(w.fake.requests());
+    let mut used: std::collections::BTreeSet<(String, String, String)> =
+        seen.iter().map(rbac_of).collect();
+    // What the watches list and watch (one stream per kind, see controllers::servicelb::run).
+    for (g, r) in [
+        ("", "services"),
+        ("", "nodes"),
+        ("", "namespaces"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("portway.dev", "loadbalancerpools"),
+        ("portway.dev", "serviceloadbalancers"),
+        ("apps", "daemonsets"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+    ] {
+        for v in ["list", "watch"] {
+            used.insert((g.into(), r.into(), v.into()));
+        }
+    }
+    let granted: std::collections::BTreeSet<(String, String, String)> = permissions::COMMON
+        .iter()
+        .chain(permissions::SERVICELB)
+        .flat_map(|p| {
+            p.verbs
+                .iter()
+                .map(move |v| (p.group.to_owned(), p.resource.to_owned(), (*v).to_owned()))
+        })
+        .collect();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    assert!(missing.is_empty(), "requests without a grant: {missing:?}");
+    // Every SERVICELB grant is used (SSA creates are authorized as create; bind is what the
+    // RoleBinding to the agents' ClusterRole needs).
+    let implied = |g: &(String, String, String)| {
+        g.2 == "create" && used.contains(&(g.0.clone(), g.1.clone(), "patch".into()))
+            || g.2 == "bind" && used.iter().any(|u| u.1 == "rolebindings" && u.2 == "patch")
+    };
+    let servicelb: std::collections::BTreeSet<(String, String, String)> = permissions::SERVICELB
+        .iter()
+        .flat_map(|p| {
+            p.verbs
+                .iter()
+                .map(move |v| (p.group.to_owned(), p.resource.to_owned(), (*v).to_owned()))
+        })
+        .collect();
+    let unused: Vec<_> = servicelb
+        .iter()
+        .filter(|g| !used.contains(*g) && !implied(g))
+        .collect();
+    assert!(unused.is_empty(), "granted but never used: {unused:?}");
+}

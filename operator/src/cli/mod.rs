@@ -27,3 +27,33 @@ pub enum Command {
     /// Convert K3s ServiceLB labels and upstream ClusterCIDRs to Portway resources.
     Migrate(migrate::Args),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "portway",
+            "run",
+            "--servicelb-enabled=false",
+            "--load-balancer-class",
+            "x/y",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert!(!args.servicelb_enabled);
+        assert!(args.leader_election);
+        assert_eq!(args.servicelb.load_balancer_class, "x/y");
+        assert_eq!(args.servicelb.agent_service_account, "portway-agent");
+        assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:8080");
+        let cli =
+            Cli::try_parse_from(["portway", "plan", "examples", "-o", "wide"]).expect("parses");
+        assert!(matches!(cli.command, Command::Plan(a) if a.output == plan::Format::Wide));
+    }
+}

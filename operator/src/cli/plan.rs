@@ -25,6 +25,7 @@ pub enum Format {
 
 /// Arguments of `portway plan`.
 #[derive(clap::Args, Debug, Clone)]
+#[group(id = "plan-args")]
 pub struct Args {
     /// YAML files or folders (read one level deep).
     #[arg(required = true)]

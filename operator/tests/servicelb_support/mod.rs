@@ -145,6 +145,16 @@ impl Fake {
             }
         }
         match seen.method.as_str() {
+            "GET"
+                if self
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .get(&seen.path)
+                    .is_some_and(|o| !o.is_null()) =>
+            {
+                (200, self.objects.lock().unwrap()[&seen.path].clone())
+            }
             "GET" => {
                 let gets = self.gets.lock().unwrap();
                 match gets.iter().find(|(k, _, _)| seen.path.contains(k.as_str())) {
@@ -159,25 +169,28 @@ impl Fake {
             _ => {
                 // Merge what was sent into what is stored (status patches into the object).
                 let key = seen.path.trim_end_matches("/status").to_owned();
-                let mut obj = {
-                    let mut objects = self.objects.lock().unwrap();
-                    let stored = objects.entry(key).or_insert(Value::Null);
-                    if seen.method == "POST" {
-                        *stored = Value::Null;
+                let mut objects = self.objects.lock().unwrap();
+                let stored = objects.entry(key).or_insert(Value::Null);
+                let version = stored["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1);
+                if seen.method == "POST" || seen.method == "PUT" {
+                    *stored = Value::Null;
+                }
+                merge(stored, &seen.body);
+                if stored.is_object() {
+                    if stored["metadata"].is_null() {
+                        stored["metadata"] = json!({});
                     }
-                    merge(stored, &seen.body);
-                    stored.clone()
-                };
-                if obj.is_object() {
-                    if obj["metadata"].is_null() {
-                        obj["metadata"] = json!({});
-                    }
-                    obj["metadata"]["generation"] = json!(1);
-                    obj["metadata"]["resourceVersion"] = json!("2");
-                    if obj["metadata"]["name"].is_null() {
-                        obj["metadata"]["name"] = json!(seen.path.rsplit('/').next().unwrap_or(""));
+                    stored["metadata"]["generation"] = json!(1);
+                    stored["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+                    if stored["metadata"]["name"].is_null() {
+                        stored["metadata"]["name"] =
+                            json!(seen.path.rsplit('/').next().unwrap_or(""));
                     }
                 }
+                let obj = stored.clone();
                 (if seen.method == "POST" { 201 } else { 200 }, obj)
             }
         }

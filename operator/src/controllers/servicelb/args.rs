@@ -9,6 +9,7 @@ pub const FALLBACK_NAMESPACE: &str = "portway-system";
 
 /// ServiceLB settings.
 #[derive(clap::Args, Debug, Clone, PartialEq)]
+#[group(id = "servicelb-args")]
 pub struct ServiceLbArgs {
     /// `spec.loadBalancerClass` served (besides Services without a class).
     #[arg(long, env = "PORTWAY_LOAD_BALANCER_CLASS", default_value = portway_crds::names::DEFAULT_LOAD_BALANCER_CLASS)]
