@@ -1,4 +1,5 @@
-fn main() {
-    eprintln!("portway-agent: not implemented yet");
-    std::process::exit(2);
+//! `portway-agent`: see `portway_node_agent::cli`.
+
+fn main() -> std::process::ExitCode {
+    portway_node_agent::cli::main()
 }
