@@ -705,6 +705,12 @@ impl CidrController {
         {
             Ok(updated) => {
                 if let Some(c) = self.cidrs.get_mut(name) {
+                    // The new resourceVersion is a valid precondition for a finalizer patch
+                    // only while the structure we know is current; otherwise the watch brings
+                    // the change (and a rebuild) first.
+                    if structure(&updated) == structure(c) {
+                        c.metadata.resource_version = updated.metadata.resource_version;
+                    }
                     c.status = updated.status;
                 }
             }

@@ -170,3 +170,5 @@ impl Nd {
 pub fn time(secs: i64) -> Time {
     Time(Timestamp::from_second(secs).unwrap())
 }
+
+pub mod mock;
