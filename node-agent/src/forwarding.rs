@@ -48,16 +48,30 @@ impl ForwardingReport {
     }
 }
 
-/// The IPv4 interfaces that need forwarding turned on: those carrying a served IPv4 address
-/// whose forwarding is known to be off. Pure.
-pub fn ipv4_links_to_enable(snap: &Snapshot, served: &[IpAddr]) -> Vec<(u32, String)> {
-    let mut out: Vec<(u32, String)> = served
-        .iter()
-        .filter(|ip| family_of(ip) == IpFamily::IPv4)
-        .filter_map(|ip| snap.link_of(ip))
-        .filter(|l| l.ipv4_forwarding == Some(false))
-        .map(|l| (l.index, l.name.clone()))
-        .collect();
+/// The IPv4 interfaces whose forwarding is known to be off and matters. IPv4 decides per input
+/// interface, and replies to forwarded connections may come in on another interface than the
+/// requests, so with `all_links` (Pod mode: the netns is the pod's own) every non-loopback
+/// interface counts; otherwise (Host mode, checked only) those carrying a served address. Pure.
+pub fn ipv4_links_to_enable(
+    snap: &Snapshot,
+    served: &[IpAddr],
+    all_links: bool,
+) -> Vec<(u32, String)> {
+    let mut out: Vec<(u32, String)> = if all_links {
+        snap.links
+            .iter()
+            .filter(|l| !l.loopback && l.ipv4_forwarding == Some(false))
+            .map(|l| (l.index, l.name.clone()))
+            .collect()
+    } else {
+        served
+            .iter()
+            .filter(|ip| family_of(ip) == IpFamily::IPv4)
+            .filter_map(|ip| snap.link_of(ip))
+            .filter(|l| l.ipv4_forwarding == Some(false))
+            .map(|l| (l.index, l.name.clone()))
+            .collect()
+    };
     out.sort();
     out.dedup();
     out
@@ -76,7 +90,7 @@ pub async fn ensure(
     if families.contains(&IpFamily::IPv4) {
         let mut state = FamilyState::On;
         let mut turned = Vec::new();
-        for (index, name) in ipv4_links_to_enable(snap, served) {
+        for (index, name) in ipv4_links_to_enable(snap, served, may_change) {
             let sysctl = format!("net.ipv4.conf.{name}.forwarding");
             if !may_change {
                 state = FamilyState::Off {
@@ -147,7 +161,7 @@ mod tests {
     use crate::net::{Address, Link};
 
     #[test]
-    fn only_links_of_served_ipv4_addresses_with_forwarding_off() {
+    fn links_whose_ipv4_forwarding_must_be_on() {
         let snap = Snapshot {
             links: vec![
                 Link {
@@ -192,8 +206,13 @@ mod tests {
         };
         let served = ["10.0.0.2", "10.0.0.3", "10.0.1.2"].map(|s| s.parse().expect("ip"));
         assert_eq!(
-            ipv4_links_to_enable(&snap, &served),
+            ipv4_links_to_enable(&snap, &served, false),
             vec![(2, "eth0".to_owned())]
+        );
+        assert_eq!(
+            ipv4_links_to_enable(&snap, &served, true),
+            vec![(2, "eth0".to_owned()), (3, "eth1".to_owned())],
+            "in a pod every interface may carry forwarded packets"
         );
     }
 
