@@ -546,6 +546,8 @@ pub struct AgentOpts {
     pub pod_ips: Vec<String>,
     pub host_ips: Vec<String>,
     pub node: String,
+    /// Service name (namespace is always `shop`).
+    pub service: String,
     pub extra_env: Vec<(String, String)>,
     pub extra_args: Vec<String>,
     /// Wrap the agent in `unshare -m sh -c "mount --bind -o ro /proc/sys /proc/sys; exec ..."`.
@@ -559,6 +561,7 @@ impl AgentOpts {
             pod_ips: vec![addr::NODE4.into(), addr::NODE6.into()],
             host_ips: vec!["192.0.2.10".into()],
             node: "node-a".into(),
+            service: "web".into(),
             extra_env: vec![],
             extra_args: vec![],
             readonly_proc_sys: false,
@@ -589,7 +592,7 @@ impl AgentProc {
             "--namespace".into(),
             "shop".into(),
             "--service".into(),
-            "web".into(),
+            opts.service.clone(),
             "--node".into(),
             opts.node.clone(),
             "--iptables".into(),
@@ -792,7 +795,12 @@ pub fn portway_lines(ns: &str, mode: &str) -> Vec<String> {
 /// The agent's owned rules in the kernel, both families, as a multiset of
 /// `family table chain spec` lines.
 pub fn installed(ns: &str, mode: &str) -> BTreeMap<String, usize> {
-    let names = ChainNames::new("PORTWAY", "shop/web");
+    installed_for(ns, mode, "web")
+}
+
+/// [`installed`] for the agent of Service `shop/<service>`.
+pub fn installed_for(ns: &str, mode: &str, service: &str) -> BTreeMap<String, usize> {
+    let names = ChainNames::new("PORTWAY", &format!("shop/{service}"));
     let mut out = BTreeMap::new();
     for v6 in [false, true] {
         let state = save::parse(&save_text(ns, mode, v6));
@@ -962,4 +970,33 @@ pub fn sctp_whoami(ns: &str, dst: SocketAddr, timeout: Duration) -> Result<Strin
         let n = sock.read(&mut buf).map_err(|e| e.to_string())?;
         Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
     })
+}
+
+/// `GET path` over plain HTTP/1.1 from inside netns `ns`; returns the body.
+pub fn http_get(ns: &str, addr: SocketAddr, path: &str) -> Result<String, String> {
+    let path = path.to_owned();
+    in_netns(ns, move || {
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .ok_or_else(|| format!("no HTTP body in {text:?}"))
+    })
+}
+
+/// The value of one sample line of a Prometheus exposition, e.g.
+/// `portway_agent_applies_total{family="IPv4",result="changed"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
 }
