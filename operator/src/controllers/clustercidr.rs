@@ -885,8 +885,15 @@ impl CidrController {
             self.report_adoption(&name, &report).await;
             return;
         }
-        if self.alloc.node(&name).is_some() || facts.deleting {
-            // Reserved for it (the patch is done or will be retried), or it is going away.
+        if facts.deleting {
+            // Going away: nothing new for it, and it no longer counts as waiting.
+            if let Some(w) = self.waiting.remove(&name) {
+                self.dirty_waits(&w);
+            }
+            return;
+        }
+        if self.alloc.node(&name).is_some() {
+            // Reserved for it: the patch is done (the watch lags) or will be retried.
             return;
         }
         if self.retries.contains_key(&name) {
