@@ -148,6 +148,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
         if let Ok(out) = Command::new("ip")
             .args(["netns", "pids", &self.name])
             .output()
@@ -219,6 +222,65 @@ pub enum NodeForwarding {
 }
 
 impl Topology {
+    /// Deletes the backend netns (its veth, and so the node's `n1` with its addresses, go
+    /// with it), as when the Service's pod vanishes.
+    pub fn delete_backend(&mut self) {
+        let old = std::mem::replace(
+            &mut self.backend,
+            Netns {
+                name: String::new(),
+            },
+        );
+        drop(old);
+    }
+
+    /// Recreates the backend netns and its link to the node.
+    pub fn recreate_backend(&mut self) {
+        let name = format!("{}b", self.tag);
+        self.backend = Netns::new(&name);
+        let backend = &self.backend;
+        let node = &self.node;
+        backend.ip(&[
+            "link", "add", "b0", "type", "veth", "peer", "name", "n1", "netns", &node.name,
+        ]);
+        backend.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", addr::BACKEND4),
+            "dev",
+            "b0",
+        ]);
+        backend.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", addr::BACKEND6),
+            "dev",
+            "b0",
+            "nodad",
+        ]);
+        backend.ip(&["link", "set", "b0", "up"]);
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", addr::NODE4_INNER),
+            "dev",
+            "n1",
+        ]);
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", addr::NODE6_INNER),
+            "dev",
+            "n1",
+            "nodad",
+        ]);
+        node.ip(&["link", "set", "n1", "up"]);
+        backend.ip(&["route", "add", "default", "via", addr::NODE4_INNER]);
+        backend.ip(&["-6", "route", "add", "default", "via", addr::NODE6_INNER]);
+        node.sysctl("net.ipv4.conf.n1.forwarding", "1");
+        backend.sysctl("net.ipv4.conf.all.rp_filter", "0");
+    }
+
     pub fn new(forwarding: NodeForwarding) -> Self {
         let tag = unique_tag();
         let client = Netns::new(&format!("{tag}c"));
@@ -743,8 +805,7 @@ impl AgentProc {
     /// Hands the state directory over (to restart an agent with the same files).
     pub fn into_dir(mut self) -> tempfile::TempDir {
         self.sigkill();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 }
 
@@ -999,4 +1060,65 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l[series.len()..].trim().parse().ok())
+}
+
+/// A process holding an exclusive flock on `path` (an xtables lock file) until dropped.
+pub struct LockHolder {
+    child: Child,
+}
+
+impl LockHolder {
+    pub fn hold(path: &Path) -> Self {
+        let child = Command::new("flock")
+            .args(["-o", "-x", &path.display().to_string(), "sleep", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("flock");
+        // Wait until the lock is really held.
+        let held = eventually(Duration::from_secs(5), || {
+            let probe = Command::new("flock")
+                .args(["-n", "-x", &path.display().to_string(), "true"])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if probe.success() {
+                Err("not held yet".into())
+            } else {
+                Ok(())
+            }
+        });
+        held.expect("the lock is held");
+        Self { child }
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Child process ids of `pid` (all threads).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The command line of a process.
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
 }
