@@ -1,0 +1,17 @@
+//! Portway's integration tier: a real kube-apiserver + etcd per test, started by
+//! `portway_e2e::envtest` from the binaries in `KUBEBUILDER_ASSETS`.
+//!
+//! Run: `KUBEBUILDER_ASSETS=<dir> cargo test -p portway-e2e --test integration` (docs/testing.md).
+//! Without the variable every test prints `SKIP <test>: ...` and returns.
+//!
+//! - `harness`: the harness itself (clean-up after a failing test, the kinds of clients).
+//! - `crds`: the CRDs install and are Established; `examples/` applies cleanly.
+//! - `bad_input`: the invalid-resources table is refused by the server as the offline checks say.
+//! - `status_ssa`: agents' per-node status entries and the operator's writes under SSA.
+//! - `tokens`: pod-bound service-account tokens carry the node name (for the agent VAP).
+
+mod bad_input;
+mod crds;
+mod harness;
+mod status_ssa;
+mod tokens;
