@@ -769,3 +769,50 @@ async fn nothing_is_allocated_before_both_lists_are_complete() {
     assert!(!ctl.is_synced());
     assert!(log.take().is_empty(), "no ClusterCIDR list yet: no write");
 }
+
+#[tokio::test]
+async fn a_cluster_cidr_whose_finalizer_fails_is_paused_then_resumed() {
+    let cidrs = vec![cc("default").v4("10.42.0.0/16", 8).rv("10").build()];
+    let nodes = vec![node("n1").rv("10").build()];
+    let fake = Fake::new(&nodes, &cidrs);
+    let fail = Arc::new(Mutex::new(true));
+    let once = fail.clone();
+    let (mut ctl, log, _) = controller(&fake, move |req| {
+        let mut once = once.lock().unwrap();
+        if req.method == "PATCH" && req.path() == format!("{CIDRS}/default") && *once {
+            *once = false;
+            return Some(mock::status_error(503, "ServiceUnavailable", "try later"));
+        }
+        None
+    });
+    sync(&mut ctl, &nodes, &cidrs).await;
+    let reqs = log.take();
+    assert_eq!(
+        lines(&reqs),
+        [format!("PATCH {CIDRS}/default"), format!("POST {EVENTS}")]
+    );
+    let note = reqs[1].body["note"].as_str().unwrap();
+    assert!(note.contains("not allocating from default"), "{note}");
+    assert!(
+        ctl.allocator().node("n1").is_none(),
+        "nothing from an unfinalized ClusterCIDR"
+    );
+    ctl.flush().await;
+    let reqs = log.take();
+    assert_eq!(
+        lines(&reqs)[..3],
+        [
+            format!("PATCH {CIDRS}/default"),
+            format!("PATCH {NODES}/n1"),
+            format!("POST {EVENTS}")
+        ]
+    );
+    assert_eq!(
+        fake.cidr("default").metadata.finalizers.unwrap(),
+        [CLUSTER_CIDR_FINALIZER]
+    );
+    assert_eq!(
+        fake.node("n1").spec.unwrap().pod_cidr.as_deref(),
+        Some("10.42.0.0/24")
+    );
+}

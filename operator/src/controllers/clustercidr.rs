@@ -386,6 +386,8 @@ pub struct CidrController {
     /// Problems already reported per Node (one Event each).
     reported: HashMap<String, BTreeSet<String>>,
     gauges: BTreeSet<(String, Family)>,
+    /// ClusterCIDRs whose finalizer could not be added yet (no allocations from them).
+    paused: BTreeSet<String>,
 }
 
 impl CidrController {
@@ -419,6 +421,7 @@ impl CidrController {
             retry_waiting: false,
             reported: HashMap::new(),
             gauges: BTreeSet::new(),
+            paused: BTreeSet::new(),
         }
     }
 
@@ -638,6 +641,9 @@ impl CidrController {
     /// Writes the statuses (and finalizer removals) of every ClusterCIDR marked changed.
     pub async fn flush(&mut self) {
         self.flush_at = None;
+        if !self.paused.is_empty() {
+            self.resume_paused().await;
+        }
         let now = (self.clock)();
         let dirty = std::mem::take(&mut self.dirty);
         for name in dirty {
@@ -777,15 +783,15 @@ impl CidrController {
             .filter(|(_, c)| c.metadata.deletion_timestamp.is_none() && !has_finalizer(c))
             .map(|(n, _)| n.clone())
             .collect();
-        let mut paused = Vec::new();
+        self.paused.clear();
         for name in missing {
             if !self.set_finalizer(&name, true).await {
-                paused.push(name);
+                self.paused.insert(name);
             }
         }
 
         let old = std::mem::replace(&mut self.alloc, Allocator::new(self.cidrs.values()));
-        for name in &paused {
+        for name in &self.paused {
             self.alloc.set_accepting(name, false);
         }
         let mut names: Vec<String> = self.nodes.keys().cloned().collect();
@@ -842,10 +848,25 @@ impl CidrController {
                 self.allocate_node(&name).await;
             }
         }
-        if !paused.is_empty() {
-            self.flush_at
-                .get_or_insert(Instant::now() + Duration::from_secs(5));
+    }
+
+    /// Tries again to add the finalizer to ClusterCIDRs that could not get it; those that now
+    /// have it start accepting allocations.
+    async fn resume_paused(&mut self) {
+        let paused: Vec<String> = self.paused.iter().cloned().collect();
+        for name in paused {
+            let done = match self.cidrs.get(&name) {
+                None => true,
+                Some(c) if c.metadata.deletion_timestamp.is_some() || has_finalizer(c) => true,
+                Some(_) => self.set_finalizer(&name, true).await,
+            };
+            if done {
+                self.paused.remove(&name);
+                self.alloc.set_accepting(&name, true);
+                self.retry_waiting = true;
+            }
         }
+        self.settle().await;
     }
 
     async fn node_applied(&mut self, node: &Node) {
