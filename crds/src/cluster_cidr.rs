@@ -56,16 +56,19 @@ use crate::selector::NodeSelector;
     )
 )]
 #[serde(rename_all = "camelCase")]
+// The host-bits rules skip ranges that are not CIDRs of their family: the field rules on `ipv4`
+// and `ipv6` reject those with a clear message, where `cidr()` would fail at run time and add an
+// engine-specific "parse error ... evaluating rule" cause (seen on a real API server).
 #[x_kube(
     validation = kube::core::Rule::new("self == oldSelf")
         .message("spec is immutable: create a new ClusterCIDR instead"),
     validation = kube::core::Rule::new("has(self.ipv4) || has(self.ipv6)")
         .message("at least one of ipv4 and ipv6 must be set"),
     validation = kube::core::Rule::new(
-        "!has(self.ipv4) || (has(self.ipv4PerNodeHostBits) ? self.ipv4PerNodeHostBits : self.perNodeHostBits) <= 32 - cidr(self.ipv4).prefixLength()"
+        "!has(self.ipv4) || !isCIDR(self.ipv4) || cidr(self.ipv4).ip().family() != 4 || (has(self.ipv4PerNodeHostBits) ? self.ipv4PerNodeHostBits : self.perNodeHostBits) <= 32 - cidr(self.ipv4).prefixLength()"
     ).message("IPv4 per-node host bits must not exceed the host bits of the ipv4 range (32 - prefix length)"),
     validation = kube::core::Rule::new(
-        "!has(self.ipv6) || (has(self.ipv6PerNodeHostBits) ? self.ipv6PerNodeHostBits : self.perNodeHostBits) <= 128 - cidr(self.ipv6).prefixLength()"
+        "!has(self.ipv6) || !isCIDR(self.ipv6) || cidr(self.ipv6).ip().family() != 6 || (has(self.ipv6PerNodeHostBits) ? self.ipv6PerNodeHostBits : self.perNodeHostBits) <= 128 - cidr(self.ipv6).prefixLength()"
     ).message("IPv6 per-node host bits must not exceed the host bits of the ipv6 range (128 - prefix length)"),
     validation = kube::core::Rule::new(
         "!has(self.ipv4) || has(self.ipv4PerNodeHostBits) || self.perNodeHostBits <= 32"
