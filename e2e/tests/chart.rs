@@ -1,0 +1,1918 @@
+//! The Helm chart (`charts/portway`), rendered by the real `helm` binary and checked object by
+//! object:
+//! - `helm lint` passes; `helm template` renders for every combination of the switches;
+//! - the operator's ClusterRole grants exactly `portway_operator::permissions` (per enabled
+//!   controller) and the agents' ClusterRoles exactly `portway_node_agent::permissions`; agents
+//!   have no cluster-wide write;
+//! - pods are non-root where they can be (the operator), and never privileged (the agents, which
+//!   iptables forces to uid 0, get NET_ADMIN/NET_RAW only);
+//! - the CRDs rendered are byte-for-byte the generated files of `charts/portway/crds/`;
+//! - `values.schema.json` rejects bad values with the path of the bad value;
+//! - every flag the chart passes to `portway run` exists;
+//! - the agent ValidatingAdmissionPolicy's CEL, evaluated client-side (kube's `cel` feature);
+//! - against a real kube-apiserver (`KUBEBUILDER_ASSETS`): `helm install`/`upgrade`/`uninstall`,
+//!   the CRD lifecycle, the default pool's hook-then-adopt path, RBAC and the admission policy.
+//!
+//! Tests skip with a printed reason when `helm` is missing (scripts/install-test-deps.sh puts it in
+//! target/tools/bin) or, for the API-server tier, when `KUBEBUILDER_ASSETS` is unset.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::CommandFactory;
+use kube::core::cel::{KubeCelExt, cel};
+use portway_e2e::report;
+use serde_json::{Value, json};
+
+const RELEASE: &str = "portway";
+const NAMESPACE: &str = "portway-system";
+const MONITORING_APIS: [&str; 2] = [
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+];
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn chart_dir() -> PathBuf {
+    workspace().join("charts/portway")
+}
+
+/// `helm` on PATH, else `<workspace>/target/tools/bin/helm` (scripts/install-test-deps.sh).
+fn find_helm() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("helm"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let p = workspace().join("target/tools/bin/helm");
+        p.is_file().then_some(p)
+    })
+}
+
+struct Helm {
+    bin: PathBuf,
+}
+
+fn helm_or_skip(test: &str) -> Option<Helm> {
+    match find_helm() {
+        Some(bin) => Some(Helm { bin }),
+        None => {
+            report::skip(
+                test,
+                "helm not found on PATH nor in target/tools/bin (run scripts/install-test-deps.sh)",
+            );
+            None
+        }
+    }
+}
+
+/// Drops helm's INFO line about the files/crds symlink (expected, see .helmignore).
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains("found symbolic link in path"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Helm {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", self.bin.display()))
+    }
+
+    /// `helm template portway charts/portway -n portway-system <args>`: stdout or stderr.
+    fn template(&self, args: &[&str]) -> Result<String, String> {
+        let chart = chart_dir().display().to_string();
+        let mut all = vec!["template", RELEASE, chart.as_str(), "-n", NAMESPACE];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(stderr_of(&out))
+        }
+    }
+
+    /// Renders and parses into objects; panics with helm's message on failure.
+    fn render(&self, args: &[&str]) -> Rendered {
+        let text = self
+            .template(args)
+            .unwrap_or_else(|e| panic!("helm template {args:?} failed:\n{e}"));
+        Rendered::parse(&text)
+    }
+}
+
+/// The objects of one rendering.
+struct Rendered {
+    text: String,
+    objects: Vec<Value>,
+}
+
+impl Rendered {
+    fn parse(text: &str) -> Self {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+            .unwrap_or_else(|e| panic!("helm output is not YAML: {e}\n{text}"));
+        Self {
+            text: text.to_owned(),
+            objects: docs.into_iter().filter(|d| !d.is_null()).collect(),
+        }
+    }
+
+    fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.objects.iter().filter(|o| o["kind"] == kind).collect()
+    }
+
+    fn get(&self, kind: &str, name: &str) -> Option<&Value> {
+        self.objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+    }
+
+    fn must(&self, kind: &str, name: &str) -> &Value {
+        self.get(kind, name)
+            .unwrap_or_else(|| panic!("{kind}/{name} not rendered"))
+    }
+
+    fn operator_args(&self) -> Vec<String> {
+        let d = self.must("Deployment", "portway-operator");
+        d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One RBAC grant: (apiGroup, resource, verb, resourceName or "*").
+type Grant = (String, String, String, String);
+
+fn grants_of_rules(rules: &Value) -> BTreeSet<Grant> {
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = BTreeSet::new();
+    for rule in rules.as_array().into_iter().flatten() {
+        let names = {
+            let n = strs(&rule["resourceNames"]);
+            if n.is_empty() {
+                vec!["*".to_owned()]
+            } else {
+                n
+            }
+        };
+        for g in strs(&rule["apiGroups"]) {
+            for r in strs(&rule["resources"]) {
+                for v in strs(&rule["verbs"]) {
+                    for n in &names {
+                        out.insert((g.clone(), r.clone(), v.clone(), n.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn operator_grants(servicelb: bool, clustercidr: bool) -> BTreeSet<Grant> {
+    use portway_operator::permissions::{CLUSTERCIDR, COMMON, SERVICELB};
+    let mut list: Vec<_> = COMMON.to_vec();
+    if servicelb {
+        list.extend_from_slice(SERVICELB);
+    }
+    if clustercidr {
+        list.extend_from_slice(CLUSTERCIDR);
+    }
+    let mut out = BTreeSet::new();
+    for p in list {
+        let names: Vec<&str> = if p.resource_names.is_empty() {
+            vec!["*"]
+        } else {
+            p.resource_names.to_vec()
+        };
+        for v in p.verbs {
+            for n in &names {
+                out.insert((
+                    p.group.to_owned(),
+                    p.resource.to_owned(),
+                    (*v).to_owned(),
+                    (*n).to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn agent_grants(list: &[portway_node_agent::permissions::Permission]) -> BTreeSet<Grant> {
+    list.iter()
+        .flat_map(|p| {
+            p.verbs.iter().map(|v| {
+                (
+                    p.group.to_owned(),
+                    p.resource.to_owned(),
+                    (*v).to_owned(),
+                    "*".to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
+fn assert_same_grants(what: &str, rendered: &BTreeSet<Grant>, code: &BTreeSet<Grant>) {
+    let missing: Vec<_> = code.difference(rendered).collect();
+    let extra: Vec<_> = rendered.difference(code).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: the chart drifted from the permission list in code\n  missing (used by the code, not granted): {missing:?}\n  extra (granted, not used): {extra:?}"
+    );
+}
+
+const READ_VERBS: [&str; 3] = ["get", "list", "watch"];
+
+#[test]
+fn helm_lint_passes() {
+    let Some(helm) = helm_or_skip("helm_lint_passes") else {
+        return;
+    };
+    let chart = chart_dir().display().to_string();
+    for extra in [
+        vec![],
+        vec!["--set", "serviceLB.enabled=false,clusterCIDR.enabled=false"],
+        vec![
+            "--set",
+            "clusterCIDR.default.enabled=true,clusterCIDR.default.ipv4=10.244.0.0/16",
+        ],
+    ] {
+        let mut args = vec!["lint", "--strict", chart.as_str()];
+        args.extend(extra.iter().copied());
+        let out = helm.run(&args);
+        assert!(
+            out.status.success(),
+            "helm lint {extra:?}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr_of(&out)
+        );
+    }
+}
+
+#[test]
+fn every_switch_combination_renders_least_privilege() {
+    let Some(helm) = helm_or_skip("every_switch_combination_renders_least_privilege") else {
+        return;
+    };
+    let agent_sa = format!("system:serviceaccount:{NAMESPACE}:portway-agent");
+    let mut combinations = 0;
+    for servicelb in [true, false] {
+        for clustercidr in [true, false] {
+            for crds in [true, false] {
+                for monitoring in [true, false] {
+                    combinations += 1;
+                    let sets = format!(
+                        "serviceLB.enabled={servicelb},clusterCIDR.enabled={clustercidr},crds.install={crds}"
+                    );
+                    let mut args = vec!["--set", sets.as_str()];
+                    if monitoring {
+                        for api in MONITORING_APIS {
+                            args.extend(["--api-versions", api]);
+                        }
+                    }
+                    let r = helm.render(&args);
+                    let label = format!("[{sets}, monitoring={monitoring}]");
+
+                    // Operator: exactly the verbs its enabled controllers use.
+                    let role = r.must("ClusterRole", "portway-operator");
+                    assert_same_grants(
+                        &format!("ClusterRole portway-operator {label}"),
+                        &grants_of_rules(&role["rules"]),
+                        &operator_grants(servicelb, clustercidr),
+                    );
+                    let args = r.operator_args();
+                    assert!(
+                        args.contains(&format!("--servicelb-enabled={servicelb}")),
+                        "{label}: {args:?}"
+                    );
+
+                    // Agents: reads cluster-wide, status patch only through the operator's
+                    // per-namespace RoleBindings.
+                    use portway_node_agent::permissions::{READ, STATUS};
+                    match r.get("ClusterRole", "portway-agent") {
+                        Some(agent) => {
+                            assert!(servicelb, "{label}: agent RBAC without ServiceLB");
+                            assert_same_grants(
+                                &format!("ClusterRole portway-agent {label}"),
+                                &grants_of_rules(&agent["rules"]),
+                                &agent_grants(READ),
+                            );
+                            assert_same_grants(
+                                &format!("ClusterRole portway-agent-status {label}"),
+                                &grants_of_rules(
+                                    &r.must("ClusterRole", "portway-agent-status")["rules"],
+                                ),
+                                &agent_grants(STATUS),
+                            );
+                        }
+                        None => assert!(!servicelb, "{label}: no agent ClusterRole"),
+                    }
+                    for binding in r
+                        .of_kind("ClusterRoleBinding")
+                        .into_iter()
+                        .chain(r.of_kind("RoleBinding"))
+                    {
+                        let subjects = binding["subjects"].as_array().cloned().unwrap_or_default();
+                        let binds_agent = subjects.iter().any(|s| {
+                            format!(
+                                "system:serviceaccount:{}:{}",
+                                s["namespace"].as_str().unwrap_or_default(),
+                                s["name"].as_str().unwrap_or_default()
+                            ) == agent_sa
+                        });
+                        if !binds_agent {
+                            continue;
+                        }
+                        let role_name = binding["roleRef"]["name"].as_str().unwrap_or_default();
+                        assert_ne!(
+                            role_name, "portway-agent-status",
+                            "{label}: the chart must not bind the status role; the operator binds it per namespace"
+                        );
+                        let role = r.must("ClusterRole", role_name);
+                        for (group, resource, verb, _) in grants_of_rules(&role["rules"]) {
+                            assert!(
+                                READ_VERBS.contains(&verb.as_str()),
+                                "{label}: agents get cluster-wide {verb} on {group}/{resource}"
+                            );
+                        }
+                    }
+
+                    assert_eq!(
+                        r.get("ValidatingAdmissionPolicy", "portway-agent-own-node-status")
+                            .is_some(),
+                        servicelb,
+                        "{label}: admission policy"
+                    );
+                    assert_eq!(
+                        r.of_kind("CustomResourceDefinition").len(),
+                        if crds { 3 } else { 0 },
+                        "{label}: CRDs"
+                    );
+                    assert_eq!(
+                        r.of_kind("ServiceMonitor").len(),
+                        usize::from(monitoring),
+                        "{label}: ServiceMonitor only where the API exists"
+                    );
+                    assert_eq!(
+                        r.of_kind("PodMonitor").len(),
+                        usize::from(monitoring && servicelb),
+                        "{label}: PodMonitor"
+                    );
+                    assert_eq!(
+                        r.of_kind("LoadBalancerPool").len(),
+                        usize::from(servicelb),
+                        "{label}: default pool"
+                    );
+                    for o in &r.objects {
+                        let kind = o["kind"].as_str().unwrap_or_default();
+                        let namespaced = matches!(
+                            kind,
+                            "Deployment"
+                                | "ServiceAccount"
+                                | "Service"
+                                | "ServiceMonitor"
+                                | "PodMonitor"
+                                | "RoleBinding"
+                                | "Role"
+                        );
+                        if namespaced {
+                            assert_eq!(o["metadata"]["namespace"], NAMESPACE, "{label}: {kind}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    report::line(&format!(
+        "chart: {combinations} switch combinations rendered and checked"
+    ));
+}
+
+#[test]
+fn default_pool_is_a_hook_until_its_api_is_served() {
+    let Some(helm) = helm_or_skip("default_pool_is_a_hook_until_its_api_is_served") else {
+        return;
+    };
+    let first = helm.render(&[]);
+    let pool = first.must("LoadBalancerPool", "default");
+    let ann = &pool["metadata"]["annotations"];
+    assert_eq!(ann["helm.sh/hook"], "post-install,post-upgrade");
+    assert_eq!(ann["meta.helm.sh/release-name"], RELEASE);
+    assert_eq!(ann["meta.helm.sh/release-namespace"], NAMESPACE);
+    assert_eq!(
+        pool["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "Helm"
+    );
+    assert_eq!(pool["spec"]["nodeSelector"], json!({}));
+    let pool_json = pool.clone();
+    portway_crds::validation::validate(
+        portway_crds::validation::Kind::LoadBalancerPool,
+        &pool_json,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("the default pool is invalid: {e}"));
+
+    let later = helm.render(&["--api-versions", "portway.dev/v1alpha1/LoadBalancerPool"]);
+    let pool = later.must("LoadBalancerPool", "default");
+    assert!(
+        pool["metadata"]["annotations"].is_null(),
+        "once the API is served the pool is a plain release object: {pool}"
+    );
+    let off = helm.render(&["--set", "defaultPool.enabled=false"]);
+    assert!(off.of_kind("LoadBalancerPool").is_empty());
+}
+
+/// The rendered CRD documents with helm's `# Source` lines and the chart's inserted metadata
+/// (labels, keep annotation) removed, keyed by the file they came from.
+fn rendered_crd_texts(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for doc in text.split("\n---\n") {
+        let Some(file) = doc
+            .lines()
+            .find_map(|l| l.strip_prefix("# Source file: charts/portway/crds/"))
+        else {
+            continue;
+        };
+        let mut kept = Vec::new();
+        let mut in_inserted = false;
+        for line in doc.lines() {
+            if line.starts_with("# Source") {
+                continue;
+            }
+            if line == "metadata:" {
+                kept.push(line);
+                in_inserted = true;
+                continue;
+            }
+            if in_inserted {
+                if line.starts_with("  labels:")
+                    || line.starts_with("  annotations:")
+                    || line.starts_with("    ")
+                {
+                    continue;
+                }
+                in_inserted = false;
+            }
+            kept.push(line);
+        }
+        out.insert(file.to_owned(), kept.join("\n"));
+    }
+    out
+}
+
+#[test]
+fn rendered_crds_equal_the_generated_files() {
+    let Some(helm) = helm_or_skip("rendered_crds_equal_the_generated_files") else {
+        return;
+    };
+    let r = helm.render(&[]);
+    let rendered = rendered_crd_texts(&r.text);
+    let dir = chart_dir().join("crds");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("charts/portway/crds")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        rendered.keys().cloned().collect::<Vec<_>>(),
+        files,
+        "every generated CRD file is rendered, and nothing else"
+    );
+    for name in &files {
+        let on_disk = std::fs::read_to_string(dir.join(name)).expect("readable");
+        assert_eq!(
+            rendered[name].trim_end(),
+            on_disk.trim_end(),
+            "{name}: rendered CRD differs from the generated file beyond the inserted metadata"
+        );
+    }
+    // And as objects: only labels and the keep annotation were added.
+    for crd in r.of_kind("CustomResourceDefinition") {
+        let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name}"
+        );
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "portway"
+        );
+        let file = format!("{name}.yaml");
+        let on_disk: Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(dir.join(&file)).expect("readable"))
+                .expect("generated CRD parses");
+        let mut stripped = (*crd).clone();
+        if let Some(meta) = stripped["metadata"].as_object_mut() {
+            meta.remove("labels");
+            meta.remove("annotations");
+        }
+        assert_eq!(stripped, on_disk, "{file}");
+    }
+    let no_keep = helm.render(&["--set", "crds.keep=false"]);
+    for crd in no_keep.of_kind("CustomResourceDefinition") {
+        assert!(crd["metadata"]["annotations"].is_null(), "{crd}");
+    }
+}
+
+#[test]
+fn bad_values_are_rejected_with_the_path() {
+    let Some(helm) = helm_or_skip("bad_values_are_rejected_with_the_path") else {
+        return;
+    };
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "negative replicas",
+            "operator:\n  replicas: -1\n",
+            "/operator/replicas",
+        ),
+        (
+            "misspelt key",
+            "serviceLb:\n  enabled: false\n",
+            "serviceLb",
+        ),
+        (
+            "string for a switch",
+            "serviceLB:\n  enabled: \"no\"\n",
+            "/serviceLB/enabled",
+        ),
+        (
+            "unknown pull policy",
+            "image:\n  pullPolicy: Sometimes\n",
+            "/image/pullPolicy",
+        ),
+        (
+            "prefix out of range",
+            "clusterCIDR:\n  default:\n    enabled: true\n    ipv4: 10.0.0.0/33\n",
+            "/clusterCIDR/default/ipv4",
+        ),
+        (
+            "default ClusterCIDR without a range",
+            "clusterCIDR:\n  default:\n    enabled: true\n",
+            "/clusterCIDR/default",
+        ),
+        (
+            "unknown dataplane",
+            "defaultPool:\n  dataplane: Bridge\n",
+            "/defaultPool/dataplane",
+        ),
+        (
+            "repeated address type",
+            "defaultPool:\n  addressTypes: [ExternalIP, ExternalIP]\n",
+            "/defaultPool/addressTypes",
+        ),
+        (
+            "class that is not a qualified name",
+            "serviceLB:\n  loadBalancerClass: not a class\n",
+            "/serviceLB/loadBalancerClass",
+        ),
+        (
+            "port out of range",
+            "metrics:\n  port: 70000\n",
+            "/metrics/port",
+        ),
+        (
+            "number for a switch",
+            "agent:\n  forwardingSysctls: 1\n",
+            "/agent/forwardingSysctls",
+        ),
+        (
+            "extra arg that is no flag",
+            "operator:\n  extraArgs: [run]\n",
+            "/operator/extraArgs",
+        ),
+        (
+            "pool priority out of range",
+            "defaultPool:\n  priority: 5000\n",
+            "/defaultPool/priority",
+        ),
+        (
+            "toleration with a bad operator",
+            "operator:\n  tolerations:\n  - key: a\n    operator: Maybe\n",
+            "/operator/tolerations",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chart = chart_dir().display().to_string();
+    for (i, (what, yaml, path)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad-{i}.yaml"));
+        std::fs::write(&file, yaml).expect("write");
+        let f = file.display().to_string();
+        match helm.template(&["-f", &f]) {
+            Ok(_) => panic!("{what}: helm template accepted\n{yaml}"),
+            Err(e) => assert!(
+                e.contains(path) && e.contains("schema"),
+                "{what}: the error does not name {path}:\n{e}"
+            ),
+        }
+        let out = helm.run(&["lint", chart.as_str(), "-f", &f]);
+        assert!(!out.status.success(), "{what}: helm lint accepted\n{yaml}");
+    }
+    report::line(&format!(
+        "chart: {} bad values files rejected by helm template and helm lint",
+        cases.len()
+    ));
+}
+
+/// Long flags (`--name`) the chart passes to `portway run`.
+fn chart_flags(r: &Rendered) -> BTreeSet<String> {
+    r.operator_args()
+        .iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a).to_owned())
+        .collect()
+}
+
+/// Long flags of `portway run`, from its clap definition.
+fn run_flags_from_clap() -> BTreeSet<String> {
+    let cmd = portway_operator::cli::Cli::command();
+    let run = cmd
+        .get_subcommands()
+        .find(|c| c.get_name() == "run")
+        .expect("portway has a `run` subcommand");
+    run.get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect()
+}
+
+/// The built `portway` binary next to this test's (cargo builds it for the operator's own
+/// integration tests), if present.
+fn built_portway() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("portway");
+    bin.is_file().then_some(bin)
+}
+
+#[test]
+fn every_flag_the_chart_passes_exists() {
+    let Some(helm) = helm_or_skip("every_flag_the_chart_passes_exists") else {
+        return;
+    };
+    let everything_on = helm.render(&[
+        "--set",
+        "clusterCIDR.default.enabled=true,clusterCIDR.default.ipv4=10.244.0.0/16,clusterCIDR.default.ipv6=fd00:10:244::/56",
+    ]);
+    let used = chart_flags(&everything_on);
+    assert!(used.len() >= 8, "{used:?}");
+    let known = run_flags_from_clap();
+    let unknown: Vec<_> = used.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        "the chart passes flags `portway run` does not have: {unknown:?} (known: {known:?})"
+    );
+    // The same against the built binary's --help, when cargo has built it.
+    match built_portway() {
+        Some(bin) => {
+            let out = Command::new(&bin)
+                .args(["run", "--help"])
+                .output()
+                .expect("portway run --help");
+            assert!(out.status.success());
+            let help = String::from_utf8_lossy(&out.stdout);
+            for flag in &used {
+                assert!(
+                    help.contains(&format!("--{flag}")),
+                    "`{} run --help` has no --{flag}",
+                    bin.display()
+                );
+            }
+        }
+        None => report::line(
+            "every_flag_the_chart_passes_exists: portway binary not built next to this test; checked against the clap definition only",
+        ),
+    }
+}
+
+#[test]
+fn pods_are_non_root_where_they_can_be() {
+    let Some(helm) = helm_or_skip("pods_are_non_root_where_they_can_be") else {
+        return;
+    };
+    let r = helm.render(&[]);
+    let d = r.must("Deployment", "portway-operator");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(pod["securityContext"]["runAsUser"].as_i64().unwrap_or(0) > 0);
+    assert!(pod["hostNetwork"].is_null() && pod["hostPID"].is_null());
+    for c in pod["containers"].as_array().expect("containers") {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true, "{c}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{c}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{c}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{c}");
+        assert!(sc["privileged"].is_null() || sc["privileged"] == false);
+        assert!(sc["capabilities"]["add"].is_null(), "{c}");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        let env = c["env"].as_array().expect("env");
+        assert!(env.iter().any(|e| e["name"] == "POD_NAMESPACE"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
+    }
+
+    // The agents cannot be non-root (iptables needs uid 0 with the capability), but the
+    // DaemonSets the operator builds (same core as `portway plan`) are never privileged.
+    let set = portway_operator::input::read_paths(&[workspace().join("examples")])
+        .expect("examples read");
+    let observed = portway_operator::cli::plan::observed(&set);
+    let config =
+        portway_operator::plan::Config::new(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+    let desired = portway_operator::plan::desired_state(&observed, &config);
+    let daemonsets: Vec<_> = desired
+        .services
+        .iter()
+        .filter_map(|s| s.daemonset.as_ref())
+        .collect();
+    assert!(daemonsets.len() >= 3, "examples give several DaemonSets");
+    for ds in daemonsets {
+        let v = serde_json::to_value(ds).expect("serializes");
+        let pod = &v["spec"]["template"]["spec"];
+        for c in pod["containers"].as_array().expect("containers") {
+            let sc = &c["securityContext"];
+            assert!(
+                sc["privileged"].is_null() || sc["privileged"] == false,
+                "{c}"
+            );
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{c}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{c}");
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{c}");
+            let added: BTreeSet<&str> = sc["capabilities"]["add"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(
+                added.is_subset(&BTreeSet::from(["NET_ADMIN", "NET_RAW"])),
+                "agent capabilities {added:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn host_network_operator_starts_on_nodes_without_pod_cidrs() {
+    let Some(helm) = helm_or_skip("host_network_operator_starts_on_nodes_without_pod_cidrs") else {
+        return;
+    };
+    let not_ready = json!({"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"});
+    let pod =
+        |r: &Rendered| r.must("Deployment", "portway-operator")["spec"]["template"]["spec"].clone();
+    let default = pod(&helm.render(&[]));
+    assert!(default["hostNetwork"].is_null());
+    assert!(
+        !default["tolerations"]
+            .as_array()
+            .expect("tolerations")
+            .contains(&not_ready)
+    );
+    let host = pod(&helm.render(&["--set", "operator.hostNetwork=true"]));
+    assert_eq!(host["hostNetwork"], true);
+    assert_eq!(host["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert!(
+        host["tolerations"]
+            .as_array()
+            .expect("tolerations")
+            .contains(&not_ready)
+    );
+    // Still non-root and unprivileged on the host network.
+    assert_eq!(host["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        host["containers"][0]["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ValidatingAdmissionPolicy's CEL, evaluated client-side.
+//
+// kube-cel's `VapEvaluator` binds `request` without `userInfo.extra` and `subResource`, which this
+// policy needs, and without `variables`; so the policy is evaluated here with kube-cel's CEL
+// context (Kubernetes' CEL libraries) and the same order as the API server: matchConditions,
+// then variables, then validations.
+
+struct Policy {
+    match_conditions: Vec<String>,
+    variables: Vec<(String, String)>,
+    validations: Vec<(String, Option<String>, Option<String>)>,
+}
+
+impl Policy {
+    fn from_rendered(r: &Rendered) -> Self {
+        let vap = r.must("ValidatingAdmissionPolicy", "portway-agent-own-node-status");
+        let s = &vap["spec"];
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        Self {
+            match_conditions: s["matchConditions"]
+                .as_array()
+                .expect("matchConditions")
+                .iter()
+                .filter_map(|m| text(&m["expression"]))
+                .collect(),
+            variables: s["variables"]
+                .as_array()
+                .expect("variables")
+                .iter()
+                .filter_map(|v| Some((text(&v["name"])?, text(&v["expression"])?)))
+                .collect(),
+            validations: s["validations"]
+                .as_array()
+                .expect("validations")
+                .iter()
+                .filter_map(|v| {
+                    Some((
+                        text(&v["expression"])?,
+                        text(&v["message"]),
+                        text(&v["messageExpression"]),
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// `Ok` when admitted (or not matched), `Err(messages)` when denied.
+    fn admit(&self, request: &Value, object: &Value, old: &Value) -> Result<(), Vec<String>> {
+        let mut ctx = cel::Context::default().with_all();
+        ctx.add_variable_from_value("request", to_cel(request));
+        ctx.add_variable_from_value("object", to_cel(object));
+        ctx.add_variable_from_value("oldObject", to_cel(old));
+        let eval = |ctx: &cel::Context, expr: &str| -> Result<cel::Value, String> {
+            let program =
+                cel::Program::compile(expr).map_err(|e| format!("compile {expr:?}: {e}"))?;
+            program
+                .execute(ctx)
+                .map_err(|e| format!("evaluate {expr:?}: {e}"))
+        };
+        for m in &self.match_conditions {
+            match eval(&ctx, m) {
+                Ok(cel::Value::Bool(true)) => {}
+                Ok(cel::Value::Bool(false)) => return Ok(()),
+                other => return Err(vec![format!("matchCondition {m}: {other:?}")]),
+            }
+        }
+        let mut vars: Vec<(String, cel::Value)> = Vec::new();
+        for (name, expr) in &self.variables {
+            let value = eval(&ctx, expr).map_err(|e| vec![e])?;
+            vars.push((name.clone(), value));
+            let map: std::collections::HashMap<cel::objects::Key, cel::Value> = vars
+                .iter()
+                .map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), v.clone()))
+                .collect();
+            ctx.add_variable_from_value("variables", cel::Value::Map(cel::objects::Map::from(map)));
+        }
+        let mut denied = Vec::new();
+        for (expr, message, message_expression) in &self.validations {
+            match eval(&ctx, expr) {
+                Ok(cel::Value::Bool(true)) => {}
+                Ok(cel::Value::Bool(false)) => {
+                    let msg = message_expression
+                        .as_deref()
+                        .and_then(|me| match eval(&ctx, me) {
+                            Ok(cel::Value::String(s)) => Some(s.to_string()),
+                            _ => None,
+                        })
+                        .or_else(|| message.clone())
+                        .unwrap_or_else(|| format!("failed: {expr}"));
+                    denied.push(msg);
+                }
+                other => denied.push(format!("error in {expr}: {other:?}")),
+            }
+        }
+        if denied.is_empty() {
+            Ok(())
+        } else {
+            Err(denied)
+        }
+    }
+}
+
+/// JSON to CEL as the API server sees unstructured objects (integers as int).
+fn to_cel(v: &Value) -> cel::Value {
+    match v {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => cel::Value::Int(i),
+            None => cel::Value::Float(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(a) => cel::Value::List(Arc::new(a.iter().map(to_cel).collect())),
+        Value::Object(o) => {
+            let map: std::collections::HashMap<cel::objects::Key, cel::Value> = o
+                .iter()
+                .map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), to_cel(v)))
+                .collect();
+            cel::Value::Map(cel::objects::Map::from(map))
+        }
+    }
+}
+
+fn entry(node: &str, address: &str, status: &str) -> Value {
+    json!({
+        "node": node,
+        "observedGeneration": 1,
+        "addresses": [address],
+        "conditions": [{"type": "Forwarding", "status": status, "reason": "RulesApplied",
+                        "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    })
+}
+
+fn slb(nodes: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "portway.dev/v1alpha1",
+        "kind": "ServiceLoadBalancer",
+        "metadata": {"name": "web", "namespace": "shop", "generation": 1},
+        "spec": {"pool": "default", "ports": [{"protocol": "TCP", "port": 80, "hostPort": 80}]},
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Forwarding",
+                            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "nodes": nodes,
+        },
+    })
+}
+
+fn agent_request(operation: &str, sub_resource: &str, node: Option<&str>) -> Value {
+    let mut extra = serde_json::Map::new();
+    if let Some(n) = node {
+        extra.insert("authentication.kubernetes.io/node-name".into(), json!([n]));
+        extra.insert(
+            "authentication.kubernetes.io/pod-name".into(),
+            json!(["agent-x"]),
+        );
+    }
+    json!({
+        "operation": operation,
+        "subResource": sub_resource,
+        "namespace": "shop",
+        "name": "web",
+        "userInfo": {
+            "username": format!("system:serviceaccount:{NAMESPACE}:portway-agent"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{NAMESPACE}")],
+            "extra": extra,
+        },
+    })
+}
+
+#[test]
+fn admission_policy_cel_lets_an_agent_write_only_its_own_node_entry() {
+    let Some(helm) =
+        helm_or_skip("admission_policy_cel_lets_an_agent_write_only_its_own_node_entry")
+    else {
+        return;
+    };
+    let policy = Policy::from_rendered(&helm.render(&[]));
+    let a = || entry("node-a", "192.0.2.1", "True");
+    let b = || entry("node-b", "192.0.2.2", "True");
+    let old = slb(vec![a(), b()]);
+    let upd = |node| agent_request("UPDATE", "status", Some(node));
+
+    type Case = (&'static str, Value, Value, Value, Option<&'static str>);
+    let mut changed_conditions = slb(vec![a(), b()]);
+    changed_conditions["status"]["conditions"][0]["status"] = json!("False");
+    let mut changed_generation = slb(vec![a(), b()]);
+    changed_generation["status"]["observedGeneration"] = json!(7);
+    let cases: Vec<Case> = vec![
+        (
+            "own entry changed",
+            upd("node-a"),
+            slb(vec![entry("node-a", "192.0.2.1", "False"), b()]),
+            old.clone(),
+            None,
+        ),
+        (
+            "own entry added",
+            upd("node-c"),
+            slb(vec![a(), b(), entry("node-c", "192.0.2.3", "True")]),
+            old.clone(),
+            None,
+        ),
+        (
+            "own entry removed",
+            upd("node-a"),
+            slb(vec![b()]),
+            old.clone(),
+            None,
+        ),
+        (
+            "own entry added to an empty list",
+            upd("node-a"),
+            slb(vec![a()]),
+            slb(vec![]),
+            None,
+        ),
+        (
+            "nothing changed",
+            upd("node-a"),
+            old.clone(),
+            old.clone(),
+            None,
+        ),
+        (
+            "other node's entry changed",
+            upd("node-a"),
+            slb(vec![a(), entry("node-b", "198.51.100.9", "True")]),
+            old.clone(),
+            Some("only the status.nodes entry of that node"),
+        ),
+        (
+            "other node's entry removed",
+            upd("node-a"),
+            slb(vec![a()]),
+            old.clone(),
+            Some("only the status.nodes entry of that node"),
+        ),
+        (
+            "entry for another node added",
+            upd("node-a"),
+            slb(vec![a(), b(), entry("node-c", "192.0.2.3", "True")]),
+            old.clone(),
+            Some("only the status.nodes entry of that node"),
+        ),
+        (
+            "entries reordered",
+            upd("node-c"),
+            slb(vec![b(), a()]),
+            old.clone(),
+            Some("only the status.nodes entry of that node"),
+        ),
+        (
+            "operator conditions changed",
+            upd("node-a"),
+            changed_conditions,
+            old.clone(),
+            Some("status.conditions"),
+        ),
+        (
+            "observedGeneration changed",
+            upd("node-a"),
+            changed_generation,
+            old.clone(),
+            Some("status.conditions"),
+        ),
+        (
+            "token without a node",
+            agent_request("UPDATE", "status", None),
+            old.clone(),
+            old.clone(),
+            Some("carries no node name"),
+        ),
+        (
+            "spec update",
+            agent_request("UPDATE", "", Some("node-a")),
+            old.clone(),
+            old.clone(),
+            Some("only update the status subresource"),
+        ),
+        (
+            "create",
+            agent_request("CREATE", "", Some("node-a")),
+            old.clone(),
+            Value::Null,
+            Some("only update the status subresource"),
+        ),
+        (
+            "delete",
+            agent_request("DELETE", "", Some("node-a")),
+            Value::Null,
+            old.clone(),
+            Some("only update the status subresource"),
+        ),
+    ];
+    for (what, request, object, old_object, denial) in &cases {
+        let result = policy.admit(request, object, old_object);
+        match (denial, &result) {
+            (None, Ok(())) => {}
+            (Some(text), Err(messages)) => assert!(
+                messages.iter().any(|m| m.contains(text)),
+                "{what}: denied, but not for {text:?}: {messages:?}"
+            ),
+            _ => panic!("{what}: expected {denial:?}, got {result:?}"),
+        }
+    }
+    // Anyone else (the operator, an admin) is not matched at all.
+    let mut operator = upd("node-a");
+    operator["userInfo"]["username"] = json!(format!(
+        "system:serviceaccount:{NAMESPACE}:portway-operator"
+    ));
+    assert_eq!(policy.admit(&operator, &slb(vec![]), &old), Ok(()));
+    report::line(&format!(
+        "chart: admission policy CEL: {} agent requests evaluated ({} admitted, {} denied)",
+        cases.len() + 1,
+        cases.iter().filter(|c| c.4.is_none()).count() + 1,
+        cases.iter().filter(|c| c.4.is_some()).count()
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against a real kube-apiserver + etcd (KUBEBUILDER_ASSETS): install, upgrade, uninstall.
+
+/// Runs helm against `kubeconfig`; returns (success, stdout+stderr).
+fn helm_cluster(helm: &Helm, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let kc = kubeconfig.display().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--kubeconfig", kc.as_str()]);
+    let out = helm.run(&all);
+    (
+        out.status.success(),
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr_of(&out)
+        ),
+    )
+}
+
+fn must_helm(helm: &Helm, kubeconfig: &Path, args: &[&str]) -> String {
+    let (ok, out) = helm_cluster(helm, kubeconfig, args);
+    assert!(ok, "helm {args:?} failed:\n{out}");
+    out
+}
+
+async fn exists<K>(api: &kube::Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name).await.ok().flatten().is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_upgrade_uninstall_against_a_real_api_server() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::{Api, ResourceExt};
+    use portway_crds::LoadBalancerPool;
+
+    const TEST: &str = "helm_install_upgrade_uninstall_against_a_real_api_server";
+    let Some(helm) = helm_or_skip(TEST) else {
+        return;
+    };
+    let options = portway_e2e::EnvOptions {
+        install_crds: false,
+        ..portway_e2e::EnvOptions::default()
+    };
+    let Some(env) = portway_e2e::TestEnv::start_or_skip_with(TEST, options).await else {
+        return;
+    };
+    let kc = env.kubeconfig_path().expect("kubeconfig");
+    let chart = chart_dir().display().to_string();
+    let client = env.client();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pools: Api<LoadBalancerPool> = Api::all(client.clone());
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let install = [
+        "install",
+        RELEASE,
+        chart.as_str(),
+        "-n",
+        NAMESPACE,
+        "--create-namespace",
+    ];
+    // --reset-values: without it, an upgrade with no value flags reuses the previous release's.
+    let upgrade = [
+        "upgrade",
+        RELEASE,
+        chart.as_str(),
+        "-n",
+        NAMESPACE,
+        "--reset-values",
+    ];
+
+    // A bad value: rejected before anything is created.
+    let (ok, out) = helm_cluster(
+        &helm,
+        &kc,
+        &[&install[..], &["--set", "operator.replicas=-3"]].concat(),
+    );
+    assert!(!ok && out.contains("/operator/replicas"), "{out}");
+    assert!(
+        crds.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+
+    // 1. Plain install: CRDs from templates, the default pool through its post-install hook.
+    must_helm(&helm, &kc, &install);
+    let listed = crds.list(&Default::default()).await.expect("list CRDs");
+    let names: BTreeSet<String> = listed.items.iter().map(|c| c.name_any()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "clustercidrs.portway.dev".to_owned(),
+            "loadbalancerpools.portway.dev".to_owned(),
+            "serviceloadbalancers.portway.dev".to_owned()
+        ])
+    );
+    for crd in &listed.items {
+        let ann = crd.annotations();
+        assert_eq!(
+            ann.get("helm.sh/resource-policy").map(String::as_str),
+            Some("keep")
+        );
+        assert_eq!(
+            ann.get("meta.helm.sh/release-name").map(String::as_str),
+            Some(RELEASE)
+        );
+    }
+    let pool = pools
+        .get("default")
+        .await
+        .expect("default pool created by the hook");
+    let pool_uid = pool.uid();
+    assert!(exists(&deployments, "portway-operator").await);
+    for role in ["portway-operator", "portway-agent", "portway-agent-status"] {
+        assert!(exists(&roles, role).await, "ClusterRole {role}");
+    }
+    assert!(exists(&policies, "portway-agent-own-node-status").await);
+    let manifest = must_helm(&helm, &kc, &["get", "manifest", RELEASE, "-n", NAMESPACE]);
+    assert!(
+        !manifest.contains("\nkind: LoadBalancerPool"),
+        "the pool is a hook at first"
+    );
+
+    // 2. Upgrade: the pool becomes a release object, adopted in place (same uid).
+    must_helm(&helm, &kc, &upgrade);
+    let pool = pools
+        .get("default")
+        .await
+        .expect("default pool after upgrade");
+    assert_eq!(
+        pool.uid(),
+        pool_uid,
+        "the pool must be adopted, not re-created"
+    );
+    let manifest = must_helm(&helm, &kc, &["get", "manifest", RELEASE, "-n", NAMESPACE]);
+    assert!(
+        manifest.contains("\nkind: LoadBalancerPool"),
+        "adopted into the release"
+    );
+
+    // 3. ServiceLB off (K3s --disable=servicelb): its objects go, the operator is told.
+    must_helm(
+        &helm,
+        &kc,
+        &[&upgrade[..], &["--set", "serviceLB.enabled=false"]].concat(),
+    );
+    assert!(!exists(&pools, "default").await);
+    assert!(!exists(&roles, "portway-agent").await);
+    assert!(!exists(&policies, "portway-agent-own-node-status").await);
+    let d = deployments
+        .get("portway-operator")
+        .await
+        .expect("deployment");
+    let args = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].args.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        args.contains(&"--servicelb-enabled=false".to_owned()),
+        "{args:?}"
+    );
+    must_helm(&helm, &kc, &upgrade);
+    assert!(
+        exists(&pools, "default").await,
+        "back on: a plain release object now"
+    );
+
+    // 4. crds.install=false on upgrade: dropped from the release, but kept (resource policy).
+    must_helm(
+        &helm,
+        &kc,
+        &[&upgrade[..], &["--set", "crds.install=false"]].concat(),
+    );
+    assert_eq!(
+        crds.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        3
+    );
+    must_helm(&helm, &kc, &upgrade);
+
+    // 5. Uninstall: everything of the release goes except the kept CRDs.
+    must_helm(&helm, &kc, &["uninstall", RELEASE, "-n", NAMESPACE]);
+    assert_eq!(
+        crds.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        3,
+        "CRDs are kept on uninstall"
+    );
+    assert!(!exists(&deployments, "portway-operator").await);
+    for role in ["portway-operator", "portway-agent", "portway-agent-status"] {
+        assert!(
+            !exists(&roles, role).await,
+            "ClusterRole {role} left behind"
+        );
+    }
+    assert!(!exists(&policies, "portway-agent-own-node-status").await);
+    assert!(
+        !exists(&pools, "default").await,
+        "the default pool belongs to the release"
+    );
+
+    // 6. Reinstall under the same name adopts the kept CRDs; under another name they must be
+    //    left to the first owner (crds.install=false), as docs/install.md says.
+    must_helm(&helm, &kc, &install);
+    assert!(
+        exists(&pools, "default").await,
+        "CRD served: the pool is a plain object now"
+    );
+    must_helm(&helm, &kc, &["uninstall", RELEASE, "-n", NAMESPACE]);
+    let other = [
+        "install",
+        "portway-b",
+        chart.as_str(),
+        "-n",
+        "portway-b",
+        "--create-namespace",
+    ];
+    let (ok, out) = helm_cluster(&helm, &kc, &other);
+    assert!(!ok && out.contains("cannot be imported"), "{out}");
+    must_helm(
+        &helm,
+        &kc,
+        &[&other[..], &["--set", "crds.install=false"]].concat(),
+    );
+    must_helm(&helm, &kc, &["uninstall", "portway-b", "-n", "portway-b"]);
+    report::line(&format!(
+        "{TEST}: install, 4 upgrades, uninstall, 2 reinstalls against a real API server"
+    ));
+}
+
+/// Asks the API server whether `user` may do `verb` on `group/resource[/sub]` (named `name`, in
+/// `namespace`).
+async fn may(
+    client: &kube::Client,
+    user: &str,
+    (group, resource, verb, name): (&str, &str, &str, &str),
+    namespace: &str,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_owned())),
+        None => (resource, None),
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_owned()),
+            groups: Some(vec![
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{NAMESPACE}"),
+                "system:authenticated".to_owned(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                subresource,
+                verb: Some(verb.to_owned()),
+                name: (name != "*").then(|| name.to_owned()),
+                namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let api: kube::Api<SubjectAccessReview> = kube::Api::all(client.clone());
+    let done = api
+        .create(&Default::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
+    done.status.is_some_and(|s| s.allowed)
+}
+
+fn slb_object(nodes: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "portway.dev/v1alpha1",
+        "kind": "ServiceLoadBalancer",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "pool": "default",
+            "ports": [{"protocol": "TCP", "port": 80, "hostPort": 80}],
+            "clusterIPs": ["10.43.0.80"],
+            "ipFamilies": ["IPv4"],
+        },
+        "status": {"nodes": nodes},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_rbac_and_admission_policy_hold_on_a_real_api_server() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+    use kube::Api;
+    use kube::api::{Patch, PatchParams, PostParams};
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+
+    const TEST: &str = "chart_rbac_and_admission_policy_hold_on_a_real_api_server";
+    let Some(helm) = helm_or_skip(TEST) else {
+        return;
+    };
+    let options = portway_e2e::EnvOptions {
+        install_crds: false,
+        ..portway_e2e::EnvOptions::default()
+    };
+    let Some(env) = portway_e2e::TestEnv::start_or_skip_with(TEST, options).await else {
+        return;
+    };
+    let kc = env.kubeconfig_path().expect("kubeconfig");
+    let chart = chart_dir().display().to_string();
+    must_helm(
+        &helm,
+        &kc,
+        &[
+            "install",
+            RELEASE,
+            chart.as_str(),
+            "-n",
+            NAMESPACE,
+            "--create-namespace",
+        ],
+    );
+    let admin = env.client();
+    let operator = format!("system:serviceaccount:{NAMESPACE}:portway-operator");
+    let agent = format!("system:serviceaccount:{NAMESPACE}:portway-agent");
+
+    // 1. The operator may do exactly what its code uses (both controllers on), nothing else.
+    let granted = operator_grants(true, true);
+    for (g, r, v, n) in &granted {
+        assert!(
+            may(&admin, &operator, (g, r, v, n), "").await,
+            "the operator is denied {v} {g}/{r} ({n})"
+        );
+    }
+    let never: [(&str, &str, &str, &str); 4] = [
+        ("", "secrets", "get", "*"),
+        (
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "create",
+            "*",
+        ),
+        ("", "pods/exec", "create", "*"),
+        (
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "bind",
+            "cluster-admin",
+        ),
+    ];
+    for (g, r, v, n) in never {
+        assert!(
+            !granted.contains(&(g.to_owned(), r.to_owned(), v.to_owned(), n.to_owned())),
+            "test premise"
+        );
+        assert!(
+            !may(&admin, &operator, (g, r, v, n), "").await,
+            "the operator may {v} {g}/{r} ({n})"
+        );
+    }
+
+    // 2. Agents read cluster-wide and write nowhere until the operator binds the status role.
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    for ns in ["shop", "other"] {
+        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+        namespaces
+            .create(&PostParams::default(), &n)
+            .await
+            .expect("namespace");
+    }
+    for (g, r, v, _) in agent_grants(portway_node_agent::permissions::READ) {
+        assert!(
+            may(&admin, &agent, (&g, &r, &v, "*"), "").await,
+            "agent {v} {r}"
+        );
+    }
+    let status_patch = ("portway.dev", "serviceloadbalancers/status", "patch", "*");
+    assert!(!may(&admin, &agent, status_patch, "shop").await);
+    for (g, r) in [("portway.dev", "serviceloadbalancers"), ("", "services")] {
+        for v in ["create", "update", "patch", "delete"] {
+            assert!(
+                !may(&admin, &agent, (g, r, v, "*"), "").await,
+                "agent {v} {r}"
+            );
+        }
+    }
+
+    // 3. The operator (impersonated) binds the status role in one namespace, as it does for each
+    //    namespace with a served Service: that needs its `bind` grant on exactly that role.
+    let as_operator = env
+        .client_impersonating(
+            &operator,
+            &[
+                "system:serviceaccounts",
+                &format!("system:serviceaccounts:{NAMESPACE}"),
+            ],
+        )
+        .expect("impersonating client");
+    let binding = RoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some("portway-agent-status".to_owned()),
+            namespace: Some("shop".to_owned()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: "portway-agent-status".to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: "portway-agent".to_owned(),
+            namespace: Some(NAMESPACE.to_owned()),
+            ..Default::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(as_operator.clone(), "shop")
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("the operator creates the agents' status RoleBinding");
+    let mut escalate = binding.clone();
+    escalate.metadata.name = Some("escalate".to_owned());
+    escalate.role_ref.name = "cluster-admin".to_owned();
+    assert!(
+        Api::<RoleBinding>::namespaced(as_operator, "shop")
+            .create(&PostParams::default(), &escalate)
+            .await
+            .is_err(),
+        "the operator must not bind any other role"
+    );
+    assert!(may(&admin, &agent, status_patch, "shop").await);
+    assert!(!may(&admin, &agent, status_patch, "other").await);
+
+    // 4. The admission policy: an agent with a token bound to a pod on node-a may write only the
+    //    node-a entry.
+    for node in ["node-a", "node-b"] {
+        portway_e2e::objects::create_node(&admin, &portway_e2e::objects::node(node, &[], &[]))
+            .await
+            .expect("node");
+    }
+    let pod = portway_e2e::objects::create_pod_on_node(
+        &admin,
+        NAMESPACE,
+        "agent-on-a",
+        "node-a",
+        "portway-agent",
+    )
+    .await
+    .expect("agent pod");
+    let agent_client = env
+        .pod_bound_client(NAMESPACE, "portway-agent", &pod)
+        .await
+        .expect("pod-bound agent client");
+    let who = portway_e2e::TestEnv::whoami(&agent_client)
+        .await
+        .expect("whoami");
+    assert_eq!(
+        who.extra
+            .as_ref()
+            .and_then(|e| e.get("authentication.kubernetes.io/node-name"))
+            .cloned(),
+        Some(vec!["node-a".to_owned()]),
+        "the API server binds the node name into the token"
+    );
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("portway.dev", "v1alpha1", "ServiceLoadBalancer"),
+        "serviceloadbalancers",
+    );
+    let admin_slbs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), "shop", &ar);
+    let created: DynamicObject = serde_json::from_value(slb_object(vec![])).expect("slb object");
+    admin_slbs
+        .create(&PostParams::default(), &created)
+        .await
+        .expect("ServiceLoadBalancer");
+    let b_entry = entry("node-b", "192.0.2.2", "True");
+    admin_slbs
+        .patch_status(
+            "web",
+            &PatchParams::apply("portway-agent/node-b").force(),
+            &Patch::Apply(slb_object(vec![b_entry.clone()])),
+        )
+        .await
+        .expect("node-b's entry (written as admin)");
+
+    let agent_slbs: Api<DynamicObject> = Api::namespaced_with(agent_client, "shop", &ar);
+    let own = PatchParams::apply("portway-agent/node-a").force();
+    agent_slbs
+        .patch_status(
+            "web",
+            &own,
+            &Patch::Apply(slb_object(vec![entry("node-a", "192.0.2.1", "True")])),
+        )
+        .await
+        .expect("the agent writes its own entry");
+
+    // The policy is loaded asynchronously after install; poll until it denies (bounded).
+    let forged = slb_object(vec![entry("node-b", "198.51.100.66", "False")]);
+    let denial = portway_e2e::wait::eventually(
+        "the admission policy to deny a forged node-b entry",
+        Duration::from_secs(30),
+        || async {
+            match agent_slbs
+                .patch_status("web", &own, &Patch::Apply(forged.clone()))
+                .await
+            {
+                Err(kube::Error::Api(status)) => Some(status.message.clone()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let message = denial.expect("denied");
+    assert!(
+        message.contains("may change only the status.nodes entry of that node"),
+        "{message}"
+    );
+    // Dropping another node's entry with a merge patch: denied too.
+    let merge = json!({"status": {"nodes": [entry("node-a", "192.0.2.1", "True")]}});
+    match agent_slbs
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(merge))
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert!(
+            status.message.contains("only the status.nodes entry"),
+            "{}",
+            status.message
+        ),
+        other => panic!("removing node-b's entry was not denied: {other:?}"),
+    }
+    // The spec is out of reach (RBAC), and so is a token that is not bound to a node.
+    assert!(
+        agent_slbs
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"pool": "stolen"}})),
+            )
+            .await
+            .is_err()
+    );
+    let unbound = env
+        .service_account_token(NAMESPACE, "portway-agent", None)
+        .await
+        .expect("unbound token");
+    let unbound_slbs: Api<DynamicObject> = Api::namespaced_with(
+        env.client_with_token(&unbound).expect("client"),
+        "shop",
+        &ar,
+    );
+    match unbound_slbs
+        .patch_status(
+            "web",
+            &own,
+            &Patch::Apply(slb_object(vec![entry("node-a", "192.0.2.1", "True")])),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert!(
+                status.message.contains("carries no node name"),
+                "{}",
+                status.message
+            )
+        }
+        other => panic!("an unbound token was admitted: {other:?}"),
+    }
+    let after = admin_slbs.get("web").await.expect("slb");
+    let nodes = after.data["status"]["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let b_after = nodes
+        .iter()
+        .find(|n| n["node"] == "node-b")
+        .expect("node-b kept");
+    assert_eq!(b_after["addresses"], b_entry["addresses"]);
+    report::line(&format!(
+        "{TEST}: {} operator grants allowed, {} refused; agent reads allowed, writes refused; status RoleBinding by the operator; admission policy: own entry admitted, 3 forgeries denied",
+        granted.len(),
+        never.len()
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// `portway migrate --from-cluster` against a real API server (here because this file owns the
+// API-server tier of the packaging work): read-only, and its output applies as is.
+
+/// The `portway` binary of this workspace, built (debug) into this test's target dir if needed.
+fn portway_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    let out = Command::new(env!("CARGO"))
+        .current_dir(workspace())
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "portway-operator",
+            "--bin",
+            "portway",
+        ])
+        .output()
+        .expect("cargo build");
+    assert!(
+        out.status.success(),
+        "cargo build portway: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    profile_dir.join("portway")
+}
+
+fn migrate_docs(stdout: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("migrate prints YAML");
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_from_cluster_is_read_only_and_its_output_applies() {
+    use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+    use kube::api::PostParams;
+    use kube::{Api, ResourceExt};
+    use portway_e2e::apply::{Applier, parse_documents, read_documents};
+
+    const TEST: &str = "migrate_from_cluster_is_read_only_and_its_output_applies";
+    let Some(env) = portway_e2e::TestEnv::start_or_skip(TEST).await else {
+        return;
+    };
+    let admin = env.client();
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    for ns in ["web", "iot"] {
+        let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+        namespaces
+            .create(&PostParams::default(), &n)
+            .await
+            .expect("namespace");
+    }
+    let k3s = workspace().join("examples/k3s");
+    let docs =
+        read_documents(&[k3s.join("nodes.yaml"), k3s.join("services.yaml")]).expect("examples/k3s");
+    Applier::new(admin.clone(), "k3s")
+        .apply_all(&docs, None)
+        .await
+        .expect("the K3s sample applies");
+    let versions = |nodes: Vec<Node>, services: Vec<Service>| -> BTreeMap<String, String> {
+        nodes
+            .iter()
+            .map(|n| {
+                (
+                    format!("Node/{}", n.name_any()),
+                    n.resource_version().unwrap_or_default(),
+                )
+            })
+            .chain(services.iter().map(|s| {
+                (
+                    format!(
+                        "Service/{}/{}",
+                        s.namespace().unwrap_or_default(),
+                        s.name_any()
+                    ),
+                    s.resource_version().unwrap_or_default(),
+                )
+            }))
+            .collect()
+    };
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let services: Api<Service> = Api::all(admin.clone());
+    let before = versions(
+        nodes.list(&Default::default()).await.expect("nodes").items,
+        services
+            .list(&Default::default())
+            .await
+            .expect("services")
+            .items,
+    );
+
+    let bin = portway_binary();
+    let out = Command::new(&bin)
+        .args(["migrate", "--from-cluster"])
+        .env("KUBECONFIG", env.kubeconfig_path().expect("kubeconfig"))
+        .output()
+        .expect("portway migrate --from-cluster");
+    assert!(
+        out.status.success(),
+        "migrate --from-cluster: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_cluster = migrate_docs(&out.stdout);
+    let after = versions(
+        nodes.list(&Default::default()).await.expect("nodes").items,
+        services
+            .list(&Default::default())
+            .await
+            .expect("services")
+            .items,
+    );
+    assert_eq!(before, after, "migrate --from-cluster wrote to the cluster");
+
+    // Same pools and annotations as from the folder (the upstream ClusterCIDR API is not served
+    // by Kubernetes 1.29+, so the folder's ClusterCIDR has no cluster counterpart).
+    let folder = Command::new(&bin)
+        .args(["migrate"])
+        .arg(&k3s)
+        .output()
+        .expect("portway migrate examples/k3s");
+    let not_cidr = |d: &&Value| d["kind"] != "ClusterCIDR";
+    assert_eq!(
+        from_cluster.iter().filter(not_cidr).collect::<Vec<_>>(),
+        migrate_docs(&folder.stdout)
+            .iter()
+            .filter(not_cidr)
+            .collect::<Vec<_>>()
+    );
+
+    // The output applies as printed (server-side apply, as docs/install.md says): the real
+    // server accepts the pools (schema and CEL) and only adds the annotation to the Services.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let printed = parse_documents("migrate", &text).expect("documents");
+    Applier::new(admin.clone(), "portway-migrate")
+        .apply_all(&printed, None)
+        .await
+        .expect("the migration applies");
+    let pools: Api<portway_crds::LoadBalancerPool> = Api::all(admin.clone());
+    let mut names: Vec<String> = pools
+        .list(&Default::default())
+        .await
+        .expect("pools")
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["k3s-lbpool-dmz", "k3s-lbpool-factory", "k3s-servicelb"]
+    );
+    let shop: Api<Service> = Api::namespaced(admin.clone(), "web");
+    let svc = shop.get("shop").await.expect("shop");
+    assert_eq!(
+        svc.annotations()
+            .get("portway.dev/pool")
+            .map(String::as_str),
+        Some("k3s-lbpool-dmz")
+    );
+    let spec = svc.spec.expect("spec kept");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.43.80.15"));
+    assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+    assert_eq!(spec.ports.map(|p| p.len()), Some(1));
+    assert_eq!(
+        svc.metadata
+            .labels
+            .and_then(|l| l.get("app").cloned())
+            .as_deref(),
+        Some("shop"),
+        "labels kept"
+    );
+    report::line(&format!(
+        "{TEST}: {} documents from the cluster, no write while reading, all applied",
+        from_cluster.len()
+    ));
+}
