@@ -1,8 +1,9 @@
 //! The invalid-resources table (`crds/testdata/invalid-resources.yaml`), which the offline checks
 //! in `crds/tests` prove with a JSON-schema validator and client-side CEL, is refused by a real
 //! API server the same way: HTTP 422, a cause at the case's field, and for CEL cases the rule's
-//! exact message. Nothing is stored. Where the server says more or less than the offline
-//! validator, the difference is printed as a note.
+//! exact message. Nothing is stored. Beyond the case's own cause, every cause the server gives
+//! must be one the offline validator gives too (same field; for CEL the same message), and the
+//! other way round.
 
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::core::{ApiResource, Status};
@@ -113,7 +114,7 @@ async fn bad_input_table_is_rejected_like_offline() {
     assert!(!cases.is_empty());
 
     let mut mismatches = Vec::new();
-    let mut notes = Vec::new();
+    let mut differences = Vec::new();
     for case in &cases {
         let kind_name = case.object["kind"].as_str().unwrap_or_default();
         let kind = Kind::from_kind(kind_name)
@@ -208,7 +209,7 @@ async fn bad_input_table_is_rejected_like_offline() {
                 v.path == *field && (v.check == Check::Schema || message.contains(&v.message))
             });
             if !explained {
-                notes.push(format!(
+                differences.push(format!(
                     "{}: server-only cause {field}: {message}",
                     case.case
                 ));
@@ -219,7 +220,7 @@ async fn bad_input_table_is_rejected_like_offline() {
                 v.path == *field && (v.check == Check::Schema || message.contains(&v.message))
             });
             if !seen {
-                notes.push(format!(
+                differences.push(format!(
                     "{}: offline-only {:?} violation {}: {}",
                     case.case, v.check, v.path, v.message
                 ));
@@ -228,16 +229,16 @@ async fn bad_input_table_is_rejected_like_offline() {
     }
 
     report::line(&format!(
-        "api-server bad-input: {} tried, {} rejected as offline ({} causes differ from the offline checks)",
+        "api-server bad-input: {} tried, {} rejected as offline; {} causes differ from the offline checks",
         cases.len(),
         cases.len() - mismatches.len(),
-        notes.len()
+        differences.len()
     ));
     for m in &mismatches {
         report::line(&format!("  MISMATCH {m}"));
     }
-    for n in &notes {
-        report::line(&format!("  note {n}"));
+    for d in &differences {
+        report::line(&format!("  DIFFERENCE {d}"));
     }
     assert!(
         mismatches.is_empty(),
@@ -245,5 +246,12 @@ async fn bad_input_table_is_rejected_like_offline() {
         mismatches.len(),
         cases.len(),
         mismatches.join("\n")
+    );
+    // Every cause, not only the case's own: `portway plan` shows users the offline causes, so
+    // they must be the server's.
+    assert!(
+        differences.is_empty(),
+        "the server and the offline checks report different causes:\n{}",
+        differences.join("\n")
     );
 }
