@@ -738,23 +738,10 @@ fn pods_are_non_root_where_they_can_be() {
 
     // The agents cannot be non-root (iptables needs uid 0 with the capability), but the
     // DaemonSets the operator builds (same core as `portway plan`) are never privileged.
-    let set = portway_operator::input::read_paths(&[workspace().join("examples")])
-        .expect("examples read");
-    let observed = portway_operator::cli::plan::observed(&set);
-    let config =
-        portway_operator::plan::Config::new(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-        ));
-    let desired = portway_operator::plan::desired_state(&observed, &config);
-    let daemonsets: Vec<_> = desired
-        .services
-        .iter()
-        .filter_map(|s| s.daemonset.as_ref())
-        .collect();
+    let daemonsets = planned_agent_daemonsets();
     assert!(daemonsets.len() >= 3, "examples give several DaemonSets");
     for ds in daemonsets {
-        let v = serde_json::to_value(ds).expect("serializes");
-        let pod = &v["spec"]["template"]["spec"];
+        let pod = &ds["spec"]["template"]["spec"];
         for c in pod["containers"].as_array().expect("containers") {
             let sc = &c["securityContext"];
             assert!(
@@ -776,6 +763,89 @@ fn pods_are_non_root_where_they_can_be() {
             );
         }
     }
+}
+
+/// DaemonSets the operator's core builds for `examples/` (what `portway plan examples/` prints).
+fn planned_agent_daemonsets() -> Vec<Value> {
+    let set = portway_operator::input::read_paths(&[workspace().join("examples")])
+        .expect("examples read");
+    let observed = portway_operator::cli::plan::observed(&set);
+    let mut config =
+        portway_operator::plan::Config::new(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+    config.namespace = NAMESPACE.to_owned();
+    portway_operator::plan::desired_state(&observed, &config)
+        .services
+        .iter()
+        .filter_map(|s| s.daemonset.as_ref())
+        .map(|ds| serde_json::to_value(ds).expect("serializes"))
+        .collect()
+}
+
+#[test]
+fn pod_monitor_selects_the_agent_pods_and_their_metrics_port() {
+    let Some(helm) = helm_or_skip("pod_monitor_selects_the_agent_pods_and_their_metrics_port")
+    else {
+        return;
+    };
+    let mut args = Vec::new();
+    for api in MONITORING_APIS {
+        args.extend(["--api-versions", api]);
+    }
+    let r = helm.render(&args);
+    let pm = &r.of_kind("PodMonitor")[0]["spec"];
+    let selector: BTreeMap<String, String> =
+        serde_json::from_value(pm["selector"]["matchLabels"].clone()).expect("matchLabels");
+    let port = pm["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .expect("port name");
+    assert_eq!(pm["namespaceSelector"]["matchNames"], json!([NAMESPACE]));
+    let mut with_metrics = 0;
+    for ds in planned_agent_daemonsets() {
+        assert_eq!(ds["metadata"]["namespace"], NAMESPACE);
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(ds["spec"]["template"]["metadata"]["labels"].clone())
+                .expect("pod labels");
+        for (k, v) in &selector {
+            assert_eq!(
+                labels.get(k),
+                Some(v),
+                "agent pods lack {k}={v}: {labels:?}"
+            );
+        }
+        let ports = ds["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if ports.iter().any(|p| p["name"] == port) {
+            with_metrics += 1;
+        }
+    }
+    assert!(
+        with_metrics >= 1,
+        "no Pod-dataplane agent exposes a `{port}` port"
+    );
+    // The operator's ServiceMonitor selects the metrics Service, which selects the operator pods.
+    let sm = &r.of_kind("ServiceMonitor")[0]["spec"];
+    let svc = r.must("Service", "portway-operator-metrics");
+    let svc_labels: BTreeMap<String, String> =
+        serde_json::from_value(svc["metadata"]["labels"].clone()).expect("labels");
+    let wanted: BTreeMap<String, String> =
+        serde_json::from_value(sm["selector"]["matchLabels"].clone()).expect("matchLabels");
+    assert!(wanted.iter().all(|(k, v)| svc_labels.get(k) == Some(v)));
+    let pod_labels: BTreeMap<String, String> = serde_json::from_value(
+        r.must("Deployment", "portway-operator")["spec"]["template"]["metadata"]["labels"].clone(),
+    )
+    .expect("pod labels");
+    let svc_selector: BTreeMap<String, String> =
+        serde_json::from_value(svc["spec"]["selector"].clone()).expect("selector");
+    assert!(
+        svc_selector
+            .iter()
+            .all(|(k, v)| pod_labels.get(k) == Some(v))
+    );
+    assert_eq!(sm["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
 }
 
 #[test]
