@@ -137,15 +137,46 @@ async fn signals(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// What [`run`] takes from its process: the client (kubeconfig or in-cluster service account),
+/// the Lease identity, a fresh metrics registry and the signal-driven shutdown. Tests pass their
+/// own to [`run_with`]: an operator in-process against a test API server, as any identity, two
+/// replicas with different Lease identities, and read its metrics.
+pub struct Process {
+    pub client: kube::Client,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// Every metric is registered here (and served on `--metrics-addr`).
+    pub registry: prometheus::Registry,
+    /// Cancel to stop (releases the Lease); cancelled by `run_with` when it stops on its own.
+    pub shutdown: CancellationToken,
+}
+
 /// The whole operator: signals, metrics server, RBAC check, leader election, controllers.
 pub async fn run(args: Args) -> Result<(), RunError> {
-    use crate::controllers::{clustercidr, lease, servicelb};
-    use crate::permissions;
-
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     let client = kube::Client::try_default().await?;
-    let registry = prometheus::Registry::new();
+    let process = Process {
+        client,
+        identity: identity(),
+        registry: prometheus::Registry::new(),
+        shutdown,
+    };
+    run_with(args, process).await
+}
+
+/// [`run`] with the client, identity, registry and shutdown given: metrics server, RBAC check,
+/// leader election, controllers.
+pub async fn run_with(args: Args, process: Process) -> Result<(), RunError> {
+    use crate::controllers::{clustercidr, lease, servicelb};
+    use crate::permissions;
+
+    let Process {
+        client,
+        identity,
+        registry,
+        shutdown,
+    } = process;
     let health = crate::server::Health::default();
     let addr = args.metrics_addr;
     let server = tokio::spawn(crate::server::serve(
@@ -177,7 +208,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     )?;
     registry.register(Box::new(leader.clone()))?;
     let lease_task = if args.leader_election {
-        let settings = lease::LeaseSettings::new(&args.servicelb.namespace, &identity());
+        let settings = lease::LeaseSettings::new(&args.servicelb.namespace, &identity);
         if !lease::acquire(&client, &settings, &shutdown).await {
             return Ok(());
         }
