@@ -7,13 +7,19 @@
 //! - [`apply`]: server-side apply of YAML folders (examples, rendered manifests).
 //! - [`wait`]: bounded waits (`await_condition` under a timeout, bounded polling).
 //! - [`report`]: skip and summary lines that libtest does not swallow.
+//! - [`requests`]: a record of every request a client sends (proves "zero writes").
+//! - [`operator`]: the real operator (`portway run`) in-process, on its own runtime, as any
+//!   identity; stopped cleanly or killed.
 //!
 //! The tiers and how to run them are described in `docs/testing.md`.
 
 pub mod apply;
 pub mod envtest;
 pub mod objects;
+pub mod operator;
 pub mod report;
+pub mod requests;
 pub mod wait;
 
+pub use envtest::clients::{ClientSpec, Identity};
 pub use envtest::{EnvOptions, TestEnv};

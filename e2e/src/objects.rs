@@ -294,3 +294,66 @@ pub async fn mark_pod_ready(
     )
     .await
 }
+
+/// Creates Namespace `name` (exactly that name, e.g. the operator's `portway-system`) unless it
+/// exists.
+pub async fn ensure_namespace(client: &Client, name: &str) -> kube::Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A LoadBalancerPool selecting the Nodes labelled `node_labels` (all Services, priority 0,
+/// default address types ExternalIP then InternalIP, Pod dataplane): the API's own defaults.
+pub fn pool(
+    name: &str,
+    node_labels: &[(&str, &str)],
+) -> Result<portway_crds::LoadBalancerPool, serde_json::Error> {
+    let match_labels: BTreeMap<String, String> = node_labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let value = json!({
+        "apiVersion": portway_crds::names::API_VERSION,
+        "kind": "LoadBalancerPool",
+        "metadata": { "name": name },
+        "spec": { "nodeSelector": { "matchLabels": match_labels } },
+    });
+    serde_json::from_value(value)
+}
+
+/// Creates `pool`.
+pub async fn create_pool(
+    client: &Client,
+    pool: &portway_crds::LoadBalancerPool,
+) -> kube::Result<portway_crds::LoadBalancerPool> {
+    Api::<portway_crds::LoadBalancerPool>::all(client.clone())
+        .create(&PostParams::default(), pool)
+        .await
+}
+
+/// A ClusterCIDR for every Node with an IPv4 range and `host_bits` per Node.
+pub fn cluster_cidr(name: &str, ipv4: &str, host_bits: i32) -> portway_crds::ClusterCIDR {
+    portway_crds::ClusterCIDR::new(
+        name,
+        portway_crds::ClusterCIDRSpec {
+            node_selector: None,
+            per_node_host_bits: host_bits,
+            ipv4_per_node_host_bits: None,
+            ipv6_per_node_host_bits: None,
+            ipv4: Some(ipv4.to_owned()),
+            ipv6: None,
+            priority: 0,
+        },
+    )
+}

@@ -12,6 +12,7 @@
 //! controller, no garbage collector (owner references never cascade), no Deployment/DaemonSet
 //! controllers. Tests create the Nodes, Pods and EndpointSlices they need ([`crate::objects`]).
 
+pub mod clients;
 pub mod pki;
 pub mod process;
 
