@@ -9,9 +9,16 @@
 //! - `bad_input`: the invalid-resources table is refused by the server as the offline checks say.
 //! - `status_ssa`: agents' per-node status entries and the operator's writes under SSA.
 //! - `tokens`: pod-bound service-account tokens carry the node name (for the agent VAP).
+//! - `servicelb`: the real operator in-process: Service -> ServiceLoadBalancer + DaemonSet,
+//!   ingress from agents' reports, zero writes on resync and restart, clean-up, port conflicts.
+//! - `operator_status`: agents' entries survive the real operator's status and spec writes.
+//! - `common`: starting operator replicas, simulated agents, Events, waiting for quiet.
 
 mod bad_input;
+mod common;
 mod crds;
 mod harness;
+mod operator_status;
+mod servicelb;
 mod status_ssa;
 mod tokens;
