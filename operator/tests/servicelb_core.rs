@@ -935,3 +935,31 @@ fn examples_plan_as_documented() {
     );
     let _ = plan::names::daemonset_name(&Key::new("a", "b"));
 }
+
+#[test]
+fn not_ready_and_excluded_nodes_are_not_published() {
+    let mut nodes = workers();
+    // w1 went NotReady (its agent's last report still says Forwarding=True).
+    nodes[0].status.as_mut().expect("status").conditions =
+        Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+            type_: "Ready".into(),
+            status: "Unknown".into(),
+            ..Default::default()
+        }]);
+    // w3 opted out of external load balancers.
+    nodes[2].metadata.labels.as_mut().expect("labels").insert(
+        "node.kubernetes.io/exclude-from-external-load-balancers".into(),
+        "".into(),
+    );
+    let d = converge(
+        vec![service("ns", "web", &["TCP/80"], 1)],
+        nodes,
+        vec![pool("all", &[("role", "worker")], 0)],
+        vec![],
+        &[("ns/web", &["w1", "w2", "w3"])],
+    );
+    let p = find(&d, "ns/web");
+    assert_eq!(ips(p), ["192.168.0.2"]);
+    let all = d.pools.iter().find(|p| p.name == "all").expect("pool");
+    assert_eq!(all.status.nodes, 2, "the excluded node is not in the pool");
+}

@@ -251,7 +251,7 @@ proptest! {
         // Invariants: a published node address belongs to a node; no two placed Services hold
         // the same port on a node (usable sets are disjoint per claimed port).
         for plan in &d1.services {
-            for ing in &plan.ingress {
+            for ing in plan.ingress.iter() {
                 let ip = ing.ip.clone().unwrap_or_default();
                 prop_assert!(obs.nodes.iter().any(|n| n.status.as_ref().and_then(|s| s.addresses.as_ref())
                     .is_some_and(|a| a.iter().any(|x| x.address == ip))), "{} is no node's address", ip);

@@ -138,7 +138,7 @@ fn render_yaml(
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": p.service.name, "namespace": p.service.namespace},
-            "status": {"loadBalancer": {"ingress": p.ingress}},
+            "status": {"loadBalancer": {"ingress": p.ingress.as_slice()}},
         });
         let _ = writeln!(out, "# Service status written by the operator:");
         out.push_str(&yaml(&status));

@@ -21,8 +21,12 @@ use portway_crds::{LoadBalancerPool, Protocol};
 use super::validate::{self, Responsibility, ServiceShape};
 use super::{Config, Key, Observed, names};
 
+/// Nodes with this label are never part of a pool (Kubernetes' well-known label, honoured by
+/// the cloud service controller too).
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
 /// A set of Nodes, as a bitset over [`Assignment::nodes`] (cheap for 1000s of Nodes).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeSet {
     words: Vec<u64>,
 }
@@ -102,6 +106,10 @@ pub struct NodeInfo {
     pub name: String,
     /// (`NodeAddress.type`, address) for parseable IP addresses, in the Node's order.
     pub addresses: Vec<(String, IpAddr)>,
+    /// The Node's `Ready` condition is True (or the Node reports no conditions at all, as in
+    /// YAML given to `portway plan`). A NotReady node is never published: its agent cannot
+    /// withdraw a stale `Forwarding=True`.
+    pub ready: bool,
     pub node: Arc<Node>,
 }
 
@@ -222,9 +230,16 @@ fn node_info(node: &Arc<Node>) -> Option<NodeInfo> {
                 .collect()
         })
         .unwrap_or_default();
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .filter(|c| !c.is_empty())
+        .is_none_or(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     Some(NodeInfo {
         name,
         addresses,
+        ready,
         node: node.clone(),
     })
 }
@@ -273,6 +288,10 @@ pub fn assign(observed: &Observed, config: &Config) -> Assignment {
         let mut set = NodeSet::empty(out.nodes.len());
         for (i, node) in out.nodes.iter().enumerate() {
             let labels = node.node.metadata.labels.as_ref().unwrap_or(&empty_labels);
+            // The well-known opt-out of external load balancers (as the cloud service controller).
+            if labels.contains_key(EXCLUDE_LABEL) {
+                continue;
+            }
             if pool.spec.node_selector.matches(labels) {
                 set.insert(i);
             }

@@ -211,12 +211,21 @@ pub struct ServicePlan {
     pub service_load_balancer: Option<ServiceLoadBalancer>,
     /// The node-agent DaemonSet, when served and at least one node is usable.
     pub daemonset: Option<DaemonSet>,
-    /// `status.loadBalancer.ingress` of the Service (empty when nothing is published).
-    pub ingress: Vec<LoadBalancerIngress>,
+    /// `status.loadBalancer.ingress` of the Service (empty when nothing is published). Shared
+    /// between Services published on the same addresses (one allocation for all of them).
+    #[serde(serialize_with = "serialize_shared")]
+    pub ingress: Arc<Vec<LoadBalancerIngress>>,
     /// The conditions (also in the ServiceLoadBalancer status when there is one).
     pub conditions: Vec<Condition>,
     /// Events to publish on the Service for what changed since the observed state.
     pub events: Vec<PlannedEvent>,
+}
+
+fn serialize_shared<S: serde::Serializer>(
+    v: &Arc<Vec<LoadBalancerIngress>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(v.as_slice(), s)
 }
 
 /// Desired status of one pool.
@@ -283,16 +292,18 @@ pub fn desired_state(observed: &Observed, config: &Config) -> Desired {
         .map(|s| (Key::of(&s.metadata), s.as_ref()))
         .collect();
     let slices = slices_by_service(&observed.endpoint_slices);
+    let mut cache = service::IngressCache::default();
     let services = assignment
         .services
         .values()
         .map(|a| {
-            service::plan_service(
+            service::plan_service_cached(
                 a,
                 &assignment,
                 slbs.get(&a.key).copied(),
                 slices.get(&a.key).map(Vec::as_slice).unwrap_or(&[]),
                 config,
+                &mut cache,
             )
         })
         .collect();

@@ -1,16 +1,33 @@
 //! The per-Service half of the core: ServiceLoadBalancer, DaemonSet, ingress, conditions and
 //! Events of one Service, from its assignment, its agents' reports and its EndpointSlices.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::LoadBalancerIngress;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference};
 use portway_crds::condition::{self, reasons, types};
 use portway_crds::names as n;
 use portway_crds::{
-    ServiceLoadBalancer, ServiceLoadBalancerSpec, ServiceLoadBalancerStatus, TrafficPolicy,
+    IpFamily, NodeAddressType, ServiceLoadBalancer, ServiceLoadBalancerSpec,
+    ServiceLoadBalancerStatus, TrafficPolicy,
 };
+
+use super::assign::NodeSet;
+
+/// Ingress lists already built in this planning pass, by (address types, families, published
+/// nodes): Services published on the same nodes share one list.
+#[derive(Default)]
+pub struct IngressCache {
+    lists: HashMap<IngressKey, Arc<Vec<LoadBalancerIngress>>>,
+}
+
+/// (address types, families, published nodes).
+type IngressKey = (Vec<NodeAddressType>, Vec<IpFamily>, NodeSet);
+
+/// Most addresses named in a Ready message.
+const MAX_LISTED: usize = 4;
 
 use super::assign::{Assignment, NodeInfo, Placed, Placement, ServiceAssignment};
 use super::{
@@ -73,6 +90,25 @@ pub fn plan_service(
     slices: &[Arc<EndpointSlice>],
     config: &Config,
 ) -> ServicePlan {
+    plan_service_cached(
+        a,
+        assignment,
+        slb,
+        slices,
+        config,
+        &mut IngressCache::default(),
+    )
+}
+
+/// [`plan_service`] sharing ingress lists through `cache`.
+pub fn plan_service_cached(
+    a: &ServiceAssignment,
+    assignment: &Assignment,
+    slb: Option<&ServiceLoadBalancer>,
+    slices: &[Arc<EndpointSlice>],
+    config: &Config,
+    cache: &mut IngressCache,
+) -> ServicePlan {
     let mut plan = ServicePlan {
         service: a.key.clone(),
         state: ServiceState::CleaningUp,
@@ -84,7 +120,7 @@ pub fn plan_service(
         pool: None,
         service_load_balancer: None,
         daemonset: None,
-        ingress: Vec::new(),
+        ingress: Arc::new(Vec::new()),
         conditions: Vec::new(),
         events: Vec::new(),
     };
@@ -128,11 +164,14 @@ pub fn plan_service(
             reasons::NO_MATCHING_POOL,
             "no LoadBalancerPool with autoAssign selects this Service (check the pools' serviceSelector and namespaceSelector, or set the portway.dev/pool annotation)".to_owned(),
         ),
-        Placement::Placed(placed) => plan_placed(&mut plan, a, placed, assignment, slb, slices, config),
+        Placement::Placed(placed) => {
+            plan_placed(&mut plan, a, placed, assignment, slb, slices, config, cache)
+        }
     }
     plan
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_placed(
     plan: &mut ServicePlan,
     a: &ServiceAssignment,
@@ -141,6 +180,7 @@ fn plan_placed(
     slb: Option<&ServiceLoadBalancer>,
     slices: &[Arc<EndpointSlice>],
     config: &Config,
+    cache: &mut IngressCache,
 ) {
     plan.finalizer = FinalizerAction::Ensure;
     plan.pool = Some(placed.pool.clone());
@@ -167,8 +207,9 @@ fn plan_placed(
     let local = placed.shape.external_traffic_policy == TrafficPolicy::Local;
     let endpoint_nodes = ingress::ready_endpoint_nodes(slices);
     let forwarding = ingress::forwarding_nodes(slb);
-    let is_forwarding =
-        |n: &&NodeInfo| config.assume_agents_forwarding || forwarding.contains(&n.name);
+    let is_forwarding = |n: &&NodeInfo| {
+        n.ready && (config.assume_agents_forwarding || forwarding.contains(&n.name))
+    };
     let has_endpoint = |n: &&NodeInfo| endpoint_nodes.contains(&n.name);
 
     let mut conds = Vec::new();
@@ -262,7 +303,25 @@ fn plan_placed(
         .filter(|n| !local || has_endpoint(n))
         .collect();
     let types_ = &pool.pool.spec.address_types;
-    plan.ingress = ingress::ingress(&publish, types_, &placed.shape.ip_families);
+    let mut published = NodeSet::empty(assignment.nodes.len());
+    for n in &publish {
+        if let Some(i) = assignment.node_index.get(&n.name) {
+            published.insert(*i);
+        }
+    }
+    let cache_key = (types_.clone(), placed.shape.ip_families.clone(), published);
+    plan.ingress = match cache.lists.get(&cache_key) {
+        Some(list) => list.clone(),
+        None => {
+            let list = Arc::new(ingress::ingress(
+                &publish,
+                types_,
+                &placed.shape.ip_families,
+            ));
+            cache.lists.insert(cache_key, list.clone());
+            list
+        }
+    };
 
     let (state, ready) = if eligible == 0 {
         (
@@ -339,11 +398,17 @@ fn plan_placed(
             ),
         )
     } else {
-        let addrs: Vec<&str> = plan
+        let total = plan.ingress.len();
+        let mut addrs: Vec<&str> = plan
             .ingress
             .iter()
+            .take(MAX_LISTED)
             .filter_map(|i| i.ip.as_deref())
             .collect();
+        let more = format!("and {} more", total.saturating_sub(MAX_LISTED));
+        if total > MAX_LISTED {
+            addrs.push(&more);
+        }
         (
             ServiceState::Serving,
             c(

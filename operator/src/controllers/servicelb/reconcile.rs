@@ -128,7 +128,7 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
                 (None, None) => {}
             }
             writes::apply_slb_status(ctx, slb, live_slb.as_deref(), generation).await?;
-            writes::apply_ingress(ctx, svc, &plan.ingress).await?;
+            writes::apply_ingress(ctx, svc, plan.ingress.as_slice()).await?;
             publish(ctx, svc, &plan, &plan.events).await;
         }
         FinalizerAction::Remove => {

@@ -62,10 +62,20 @@ pub fn service_fingerprint(s: &Service) -> u64 {
 
 /// Fields of a Node the global assignment reads.
 pub fn node_fingerprint(node: &Node) -> u64 {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status.clone())
+        });
     hash_of(&(
         &node.metadata.labels,
         node.status.as_ref().map(|s| &s.addresses),
         node.metadata.deletion_timestamp.is_some(),
+        ready,
     ))
 }
 
