@@ -425,10 +425,15 @@ fn agent_faults() {
             address_lost(mode),
         );
     }
+    // libtest swallows println! of passing tests: write past its capture so that a plain
+    // `cargo test --workspace` shows the summary (issue 8).
+    use std::io::Write as _;
+    let mut out = std::io::stderr().lock();
     for l in &tally.lines {
-        println!("{l}");
+        let _ = writeln!(out, "{l}");
     }
-    println!(
+    let _ = writeln!(
+        out,
         "agent-faults: {} tried, {} converged, {} duplicates ({} s)",
         tally.tried,
         tally.converged,

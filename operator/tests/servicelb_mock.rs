@@ -606,7 +606,11 @@ async fn operator_faults_are_retried_with_backoff() {
     recovered += usize::from(handover_writes == 0);
     assert_eq!(handover_writes, 0, "the new leader re-applied");
     assert_eq!(duplicates, 0);
-    println!(
+    // libtest swallows println! of passing tests: write past its capture so that a plain
+    // `cargo test --workspace` shows the summary (issue 8).
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "operator-faults: {tried} tried, {recovered} recovered, {duplicates} duplicate DaemonSets"
     );
 }
