@@ -23,6 +23,7 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::runtime::reflector;
 use portway_crds::{LoadBalancerPool, ServiceLoadBalancer};
 use portway_operator::controllers::servicelb::context::{Context, Stores};
+use portway_operator::controllers::servicelb::watch::Slim;
 use portway_operator::controllers::servicelb::{ServiceLbArgs, reconcile, sweep};
 use portway_operator::fixtures::{config, finalized, reported, synthetic, t};
 use portway_operator::metrics::Metrics;
@@ -52,7 +53,8 @@ fn args() -> ServiceLbArgs {
     ServiceLbArgs {
         load_balancer_class: "portway.dev/servicelb".into(),
         namespace: "portway-system".into(),
-        agent_image: "portway-agent:bench".into(),
+        // The image the fixtures' configuration uses, so the converged objects match.
+        agent_image: portway_operator::plan::DEFAULT_AGENT_IMAGE.into(),
         agent_service_account: "portway-agent".into(),
         agent_status_cluster_role: "portway-agent-status".into(),
         agent_forwarding_sysctls: false,
@@ -161,24 +163,29 @@ fn stores_with(
     let (br, mut bw) = reflector::store::<ServiceLoadBalancer>();
     let (dr, mut dw) = reflector::store::<DaemonSet>();
     let (rr, mut rw) = reflector::store::<RoleBinding>();
-    support::fill(&mut sw, services);
-    support::fill(
-        &mut nw,
-        observed.nodes.iter().map(|n| (**n).clone()).collect(),
-    );
-    support::fill(
-        &mut ew,
-        observed
-            .endpoint_slices
-            .iter()
-            .map(|n| (**n).clone())
-            .collect(),
-    );
-    support::fill(&mut pw, pools);
+    // What the operator's watches keep of each object (controllers::servicelb::watch::Slim).
+    fn slim<K: Slim>(v: Vec<K>) -> Vec<K> {
+        v.into_iter()
+            .map(|mut o| {
+                o.slim();
+                o
+            })
+            .collect()
+    }
+    let nodes = observed.nodes.iter().map(|n| (**n).clone()).collect();
+    let slices = observed
+        .endpoint_slices
+        .iter()
+        .map(|n| (**n).clone())
+        .collect();
+    support::fill(&mut sw, slim(services));
+    support::fill(&mut nw, slim(nodes));
+    support::fill(&mut ew, slim(slices));
+    support::fill(&mut pw, slim(pools));
     support::fill(&mut nsw, vec![]);
-    support::fill(&mut bw, slbs);
-    support::fill(&mut dw, daemonsets);
-    support::fill(&mut rw, rbs);
+    support::fill(&mut bw, slim(slbs));
+    support::fill(&mut dw, slim(daemonsets));
+    support::fill(&mut rw, slim(rbs));
     // Keep the writers alive with the stores (a dropped writer is fine for reads, but be explicit).
     std::mem::forget((sw, nw, ew, pw, nsw, bw, dw, rw));
     let stores = Stores {
@@ -270,8 +277,14 @@ fn write_cluster(path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+fn parse_slim<K: Slim + serde::de::DeserializeOwned>(json: &str) -> K {
+    let mut o: K = serde_json::from_str(json).expect("object");
+    o.slim();
+    o
+}
+
 /// Child process: read the cluster like a watch would, keep it in kube-runtime stores, build the
-/// cached assignment, run one sweep-sized plan, and report RSS in KiB.
+/// cached assignment, run one sweep (the whole desired state), and report RSS in KiB.
 fn child(mode: &str, path: Option<String>) {
     use std::io::BufRead;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -293,28 +306,26 @@ fn child(mode: &str, path: Option<String>) {
                 continue;
             };
             match kind {
-                "Service" => svcs.push(serde_json::from_str(json).expect("svc")),
-                "ServiceLoadBalancer" => slbs.push(serde_json::from_str(json).expect("slb")),
-                "DaemonSet" => dss.push(serde_json::from_str(json).expect("ds")),
-                "RoleBinding" => rbs.push(serde_json::from_str(json).expect("rb")),
-                "LoadBalancerPool" => pools.push(serde_json::from_str(json).expect("pool")),
-                "Node" => observed
-                    .nodes
-                    .push(Arc::new(serde_json::from_str(json).expect("node"))),
-                "EndpointSlice" => observed
-                    .endpoint_slices
-                    .push(Arc::new(serde_json::from_str(json).expect("slice"))),
+                // As the watch does: each object is slimmed as it arrives.
+                "Service" => svcs.push(parse_slim(json)),
+                "ServiceLoadBalancer" => slbs.push(parse_slim(json)),
+                "DaemonSet" => dss.push(parse_slim(json)),
+                "RoleBinding" => rbs.push(parse_slim(json)),
+                "LoadBalancerPool" => pools.push(parse_slim(json)),
+                "Node" => observed.nodes.push(Arc::new(parse_slim(json))),
+                "EndpointSlice" => observed.endpoint_slices.push(Arc::new(parse_slim(json))),
                 _ => {}
             }
         }
+        eprintln!("rss after parse: {} KiB", rss_kib());
         let filled = stores_with(&observed, svcs, slbs, dss, rbs, pools);
         drop(observed);
+        eprintln!("rss after stores: {} KiB", rss_kib());
         let assignment = filled.ctx.assignment();
         std::hint::black_box(&assignment);
+        eprintln!("rss after assignment: {} KiB", rss_kib());
         // One sweep: the whole desired state, as the operator computes after changes.
-        let desired = desired_state(&filled.ctx.stores.snapshot(), &filled.ctx.config());
-        std::hint::black_box(&desired);
-        drop(desired);
+        sweep::sweep(&filled.ctx).await.expect("sweep");
         rss_kib()
     });
     println!("{kib}");
@@ -327,6 +338,7 @@ fn run_child(mode: &str, path: &std::path::Path) -> Option<f64> {
         .env("PORTWAY_BENCH_CLUSTER", path)
         .output()
         .ok()?;
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     let kib: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
     Some(kib / 1024.0)
 }

@@ -378,11 +378,18 @@ async fn create_path_then_noop_resync_then_agents_forwarding() {
     assert_eq!(seen[2].body["reason"], "AgentsForwarding");
 
     // 4. And that stored: quiet again.
-    let stored = stored_after(&forwarding, &seen, &svc1);
+    let mut stored = stored_after(&forwarding, &seen, &svc1);
     w.set(&stored);
     w.fake.clear();
     w.reconcile(&stored.services[0]).await.expect("resync");
     assert!(w.fake.writes().is_empty(), "{:?}", lines(&w.fake.writes()));
+
+    // 5. Someone edits the DaemonSet (its generation moves past the one Portway applied):
+    // the operator applies its spec again, once.
+    stored.daemonsets[0].metadata.generation = Some(2);
+    w.set(&stored);
+    w.reconcile(&stored.services[0]).await.expect("drift");
+    assert_eq!(lines(&w.fake.writes()), [format!("PATCH {DS}")]);
     println!("noop resync writes: 0");
 }
 

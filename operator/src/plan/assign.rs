@@ -198,6 +198,8 @@ pub struct Assignment {
     /// Nodes sorted by name; [`NodeSet`]s index into this.
     pub nodes: Vec<NodeInfo>,
     pub node_index: HashMap<String, usize>,
+    /// Nodes whose `Ready` condition is True (see [`NodeInfo::ready`]).
+    pub ready: NodeSet,
     pub pools: BTreeMap<String, PoolInfo>,
     /// Served Services and Services to clean up, by key.
     pub services: BTreeMap<Key, ServiceAssignment>,
@@ -275,6 +277,12 @@ pub fn assign(observed: &Observed, config: &Config) -> Assignment {
         .enumerate()
         .map(|(i, n)| (n.name.clone(), i))
         .collect();
+    out.ready = NodeSet::empty(nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        if n.ready {
+            out.ready.insert(i);
+        }
+    }
     out.nodes = nodes;
     let empty_labels = BTreeMap::new();
 

@@ -71,6 +71,9 @@ pub struct Config {
     /// Treat every usable node as forwarding (what `portway plan` shows: the ingress each
     /// Service gets once its agents run). The operator sets this to false.
     pub assume_agents_forwarding: bool,
+    /// Build the DaemonSet and ServiceLoadBalancer objects (false: states, conditions, ingress,
+    /// pool statuses and cleanup only — what the operator's periodic sweep needs).
+    pub build_objects: bool,
     /// The time written into changed conditions.
     pub now: Time,
 }
@@ -86,6 +89,7 @@ impl Config {
             agent_status_cluster_role: "portway-agent-status".to_owned(),
             agent_forwarding_sysctls: false,
             assume_agents_forwarding: false,
+            build_objects: true,
             now,
         }
     }

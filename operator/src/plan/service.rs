@@ -199,18 +199,32 @@ fn plan_placed(
     };
 
     let eligible = placed.eligible.len();
-    let usable_idx: Vec<usize> = placed.usable.iter().collect();
-    let usable: Vec<&NodeInfo> = usable_idx
-        .iter()
-        .filter_map(|i| assignment.nodes.get(*i))
-        .collect();
+    let usable_count = placed.usable.len();
     let local = placed.shape.external_traffic_policy == TrafficPolicy::Local;
-    let endpoint_nodes = ingress::ready_endpoint_nodes(slices);
-    let forwarding = ingress::forwarding_nodes(slb);
-    let is_forwarding = |n: &&NodeInfo| {
-        n.ready && (config.assume_agents_forwarding || forwarding.contains(&n.name))
+    // Everything below is set algebra on node bitsets: cheap even with 1000s of nodes.
+    let to_set = |names: &std::collections::BTreeSet<String>| {
+        let mut set = NodeSet::empty(assignment.nodes.len());
+        for name in names {
+            if let Some(i) = assignment.node_index.get(name) {
+                set.insert(*i);
+            }
+        }
+        set
     };
-    let has_endpoint = |n: &&NodeInfo| endpoint_nodes.contains(&n.name);
+    let endpoint_set = to_set(&ingress::ready_endpoint_nodes(slices));
+    let reported = if config.assume_agents_forwarding {
+        placed.usable.clone()
+    } else {
+        to_set(&ingress::forwarding_nodes(slb))
+    };
+    let forwarding = placed.usable.and(&reported).and(&assignment.ready);
+    let usable_with_endpoints = placed.usable.and(&endpoint_set).len();
+    let published = if local {
+        forwarding.and(&endpoint_set)
+    } else {
+        forwarding
+    };
+    let publish_count = published.len();
 
     let mut conds = Vec::new();
     conds.push(c(
@@ -257,13 +271,12 @@ fn plan_placed(
             reasons::NO_CONFLICT,
             format!(
                 "{} of {eligible} eligible nodes are usable ({}); the others are left out",
-                usable.len(),
+                usable_count,
                 describe_blocks(placed)
             ),
         )
     });
 
-    let usable_with_endpoints = usable.iter().copied().filter(has_endpoint).count();
     let endpoints_ok = if local {
         usable_with_endpoints > 0
     } else {
@@ -277,7 +290,7 @@ fn plan_placed(
             if local {
                 format!(
                     "{usable_with_endpoints} of {} usable nodes have a ready endpoint",
-                    usable.len()
+                    usable_count
                 )
             } else {
                 "the Service has ready endpoints".to_owned()
@@ -296,23 +309,16 @@ fn plan_placed(
         )
     });
 
-    let forwarding_nodes: Vec<&NodeInfo> = usable.iter().copied().filter(is_forwarding).collect();
-    let publish: Vec<&NodeInfo> = forwarding_nodes
-        .iter()
-        .copied()
-        .filter(|n| !local || has_endpoint(n))
-        .collect();
     let types_ = &pool.pool.spec.address_types;
-    let mut published = NodeSet::empty(assignment.nodes.len());
-    for n in &publish {
-        if let Some(i) = assignment.node_index.get(&n.name) {
-            published.insert(*i);
-        }
-    }
     let cache_key = (types_.clone(), placed.shape.ip_families.clone(), published);
     plan.ingress = match cache.lists.get(&cache_key) {
         Some(list) => list.clone(),
         None => {
+            let publish: Vec<&NodeInfo> = cache_key
+                .2
+                .iter()
+                .filter_map(|i| assignment.nodes.get(i))
+                .collect();
             let list = Arc::new(ingress::ingress(
                 &publish,
                 types_,
@@ -353,7 +359,7 @@ fn plan_placed(
                 "externalTrafficPolicy is Local and no usable node has a ready endpoint, so no node is published".to_owned(),
             ),
         )
-    } else if publish.is_empty() {
+    } else if publish_count == 0 {
         (
             ServiceState::Waiting,
             c(
@@ -365,7 +371,7 @@ fn plan_placed(
                     if local {
                         usable_with_endpoints
                     } else {
-                        usable.len()
+                        usable_count
                     },
                     if local {
                         "usable nodes with endpoints "
@@ -391,7 +397,7 @@ fn plan_placed(
                 reasons::NO_NODE_ADDRESSES,
                 format!(
                     "{} nodes forward but none has a {} address of family {}",
-                    publish.len(),
+                    publish_count,
                     wanted.join(" or "),
                     fams.join("/")
                 ),
@@ -418,8 +424,8 @@ fn plan_placed(
                 format!(
                     "published {} on {} of {} usable nodes",
                     addrs.join(", "),
-                    publish.len(),
-                    usable.len()
+                    publish_count,
+                    usable_count
                 ),
             ),
         )
@@ -451,6 +457,9 @@ fn plan_placed(
                 block_owner_deletion: None,
             }]
         });
+    if !config.build_objects {
+        return;
+    }
     plan.service_load_balancer = Some(ServiceLoadBalancer {
         metadata: ObjectMeta {
             name: Some(a.key.name.clone()),

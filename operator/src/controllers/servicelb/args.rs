@@ -51,6 +51,7 @@ impl ServiceLbArgs {
             agent_status_cluster_role: self.agent_status_cluster_role.clone(),
             agent_forwarding_sysctls: self.agent_forwarding_sysctls,
             assume_agents_forwarding: false,
+            build_objects: true,
             now,
         }
     }

@@ -112,6 +112,8 @@ pub struct Context {
     failures: Mutex<HashMap<Key, u32>>,
     /// Last Event published per Service for problems without a ServiceLoadBalancer.
     emitted: Mutex<HashMap<Key, (String, String)>>,
+    /// Generation each DaemonSet had after Portway's last apply of it.
+    generations: Mutex<HashMap<Key, i64>>,
     /// Periodic resync of each Service.
     pub resync: Duration,
 }
@@ -148,6 +150,7 @@ impl Context {
             cached: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
             emitted: Mutex::new(HashMap::new()),
+            generations: Mutex::new(HashMap::new()),
             resync: Duration::from_secs(300),
         }
     }
@@ -203,6 +206,16 @@ impl Context {
         }
         e.insert(key.clone(), next);
         true
+    }
+
+    /// Generation a DaemonSet had after our last apply, if any since start.
+    pub fn applied_generation(&self, key: &Key) -> Option<i64> {
+        lock(&self.generations).get(key).copied()
+    }
+
+    /// Remembers the generation our apply of a DaemonSet returned.
+    pub fn remember_generation(&self, key: &Key, generation: i64) {
+        lock(&self.generations).insert(key.clone(), generation);
     }
 
     /// Forgets Events of a Service that went away.

@@ -31,7 +31,11 @@ pub async fn sweep(ctx: &Context) -> Result<SweepReport, Error> {
         return Err(Error::NotReady);
     }
     let observed = ctx.stores.snapshot();
-    let desired = plan::desired_state(&observed, &ctx.config());
+    // States, pool statuses and cleanup only: building every DaemonSet here would only cost
+    // memory (the reconciles build them).
+    let mut config = ctx.config();
+    config.build_objects = false;
+    let desired = plan::desired_state(&observed, &config);
 
     let mut by_state: BTreeMap<ServiceState, i64> = BTreeMap::new();
     for s in &desired.services {

@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Resource};
 use portway_crds::LoadBalancerPool;
 use portway_crds::names as n;
 use serde::de::DeserializeOwned;
@@ -198,6 +198,77 @@ impl<K: Resource> Hook<K> {
     }
 }
 
+/// Drops what the controller never reads before an object enters a store, so memory follows
+/// what the core needs, not what the API server sends (a Node's image list alone can be tens
+/// of KiB).
+pub trait Slim {
+    fn slim(&mut self);
+}
+
+macro_rules! slim_meta_only {
+    ($($t:ty),*) => {$(
+        impl Slim for $t {
+            fn slim(&mut self) {
+                self.metadata.managed_fields = None;
+            }
+        }
+    )*};
+}
+slim_meta_only!(
+    k8s_openapi::api::core::v1::Service,
+    k8s_openapi::api::core::v1::Namespace,
+    k8s_openapi::api::rbac::v1::RoleBinding,
+    portway_crds::LoadBalancerPool,
+    portway_crds::ServiceLoadBalancer
+);
+
+impl Slim for k8s_openapi::api::core::v1::Node {
+    /// Keeps labels, addresses and the Ready condition.
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.spec = None;
+        if let Some(st) = self.status.as_mut() {
+            *st = k8s_openapi::api::core::v1::NodeStatus {
+                addresses: st.addresses.take(),
+                conditions: st
+                    .conditions
+                    .take()
+                    .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+                ..Default::default()
+            };
+        }
+    }
+}
+
+impl Slim for k8s_openapi::api::discovery::v1::EndpointSlice {
+    /// Keeps, per endpoint, one address, the node and the conditions.
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.ports = None;
+        for e in &mut self.endpoints {
+            e.addresses.truncate(1);
+            e.hints = None;
+            e.target_ref = None;
+            e.deprecated_topology = None;
+            e.hostname = None;
+            e.zone = None;
+        }
+    }
+}
+
+impl Slim for k8s_openapi::api::apps::v1::DaemonSet {
+    /// Keeps metadata only: the desired-hash annotation says whether the spec is Portway's
+    /// latest, and the generation the last apply returned (remembered in memory) catches edits
+    /// by anyone else.
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.spec = None;
+        self.status = None;
+    }
+}
+
 /// A watch of `api` that keeps `writer`'s store, tells `hook` about every event, restarts with
 /// exponential backoff after errors, and yields every object it sees (applied or deleted).
 pub fn objects<K>(
@@ -207,13 +278,13 @@ pub fn objects<K>(
     mut hook: Hook<K>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource + Slim + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     watcher(api, config)
         .default_backoff()
-        // managedFields are never read; dropping them halves what the stores hold.
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        // Fields never read (managedFields, Node images, DaemonSet specs) stay out of the stores.
+        .modify(|o: &mut K| o.slim())
         .reflect(writer)
         .filter_map(move |ev| {
             let out = match ev {

@@ -172,7 +172,9 @@ pub async fn apply_slb_status(
     Ok(())
 }
 
-/// Applies a DaemonSet when its desired hash or any desired field differs from the live one.
+/// Applies a DaemonSet unless the live one carries the desired hash and has not been changed
+/// by anyone else since Portway's last apply (same generation as that apply returned; after a
+/// restart the hash alone decides). The DaemonSet store keeps metadata only.
 pub async fn apply_daemonset(
     ctx: &Context,
     desired: &DaemonSet,
@@ -187,8 +189,11 @@ pub async fn apply_daemonset(
                 .and_then(|a| a.get(DESIRED_HASH_ANNOTATION))
                 .cloned()
         };
+        let untouched = ctx
+            .applied_generation(&key)
+            .is_none_or(|g| Some(g) == live.metadata.generation);
         if hash(live) == hash(desired)
-            && diff::serialized_subset(&desired.spec, &live.spec)
+            && untouched
             && diff::serialized_subset(&desired.metadata.labels, &live.metadata.labels)
         {
             return Ok(());
@@ -196,9 +201,13 @@ pub async fn apply_daemonset(
     }
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
     ctx.metrics.write("daemonsets", "patch");
-    api.patch(&key.name, &apply_params(), &Patch::Apply(desired))
+    let applied = api
+        .patch(&key.name, &apply_params(), &Patch::Apply(desired))
         .await
         .map_err(|e| Error::kube("apply", format!("DaemonSet {key}"), e))?;
+    if let Some(g) = applied.metadata.generation {
+        ctx.remember_generation(&key, g);
+    }
     Ok(())
 }
 
