@@ -130,6 +130,8 @@ pub struct Agent<D: Dataplane, S: StatusSink, N: NetEnv> {
     state: Option<StateDir>,
     metrics: Arc<Metrics>,
     applied: Option<Applied>,
+    /// The kernel was cleaned since the last apply (a missing Service needs it once).
+    clean: bool,
     /// The last entry written successfully.
     reported: Option<NodeForwardingStatus>,
     /// An entry that still has to be written (the last write failed).
@@ -171,6 +173,7 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
             state,
             metrics,
             applied: None,
+            clean: false,
             reported: None,
             pending: None,
             ready: false,
@@ -279,11 +282,12 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
             SpecState::Unknown => {}
             SpecState::Missing => {
                 // The Service is gone (or not served yet): nothing to forward, nobody to report to.
-                if self.applied.is_some() || !self.ready {
+                if self.applied.is_some() || !self.clean {
                     match self.dataplane.cleanup().await {
                         Ok(r) => {
                             summary.changed_rules = r.changed();
                             self.applied = None;
+                            self.clean = true;
                         }
                         Err(e) => {
                             self.metrics
@@ -411,6 +415,7 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
                     );
                 }
                 let has_rules = !rules.is_empty();
+                self.clean = !has_rules;
                 self.applied = Some(Applied {
                     generation,
                     rules: rules.clone(),
@@ -465,6 +470,7 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
             }
         };
         self.applied = None;
+        self.clean = removed;
         let (slb, generation) = match &observed.spec {
             SpecState::Present(slb) => (Some(slb.as_ref()), slb.metadata.generation),
             SpecState::Unreadable { generation, .. } => (None, *generation),

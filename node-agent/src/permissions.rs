@@ -16,6 +16,8 @@ pub struct Permission {
     pub resource: &'static str,
     /// Verbs.
     pub verbs: &'static [&'static str],
+    /// Restricts the rule to these object names (empty: all); same shape as the operator's list.
+    pub resource_names: &'static [&'static str],
 }
 
 /// Name of the ClusterRole holding [`READ`].
@@ -30,11 +32,13 @@ pub const READ: &[Permission] = &[
         group: "portway.dev",
         resource: "serviceloadbalancers",
         verbs: &["get", "list", "watch"],
+        resource_names: &[],
     },
     Permission {
         group: "discovery.k8s.io",
         resource: "endpointslices",
         verbs: &["get", "list", "watch"],
+        resource_names: &[],
     },
 ];
 
@@ -43,6 +47,7 @@ pub const STATUS: &[Permission] = &[Permission {
     group: "portway.dev",
     resource: "serviceloadbalancers/status",
     verbs: &["patch"],
+    resource_names: &[],
 }];
 
 /// Every permission of the agent.

@@ -297,8 +297,10 @@ async fn a_deleted_service_removes_the_rules_and_shutdown_reports() {
     let s = a.reconcile(&gone).await;
     assert_eq!(a.dataplane.cleanups, 1);
     assert!(!s.ready);
+    a.reconcile(&gone).await;
+    assert_eq!(a.dataplane.cleanups, 1, "cleaned once, not on every resync");
     assert!(a.shutdown(&o).await);
-    assert_eq!(a.dataplane.cleanups, 2);
+    assert_eq!(a.dataplane.cleanups, 2, "shutdown always cleans");
     let last = a.sink.written.last().expect("shutdown reported");
     assert_eq!(last.conditions[0].reason, reasons::SHUTTING_DOWN);
     assert!(last.addresses.is_empty());

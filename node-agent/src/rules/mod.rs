@@ -252,8 +252,12 @@ pub struct FamilyRules {
     pub forwards: Vec<Forward>,
     /// `None`: every source is admitted. `Some(list)`: only these (possibly none) are.
     pub allowed_sources: Option<Vec<IpNet>>,
-    /// Also DNAT traffic the node itself sends to its addresses (`Host` mode).
-    pub local_output: bool,
+    /// The rules live in a network namespace shared with other programs (`Host` mode: the
+    /// node's, beside kube-proxy and other agents). Then traffic the node itself sends to its
+    /// addresses is forwarded too, and masquerading matches each forwarded address and port
+    /// exactly. In the agent pod's own netns (`Pod` mode) nothing else DNATs, so one masquerade
+    /// rule per address covers every port.
+    pub shared_netns: bool,
 }
 
 /// One forwarded port of one family.
@@ -505,7 +509,7 @@ pub fn build(spec: &ServiceLoadBalancerSpec, ctx: &Context) -> Result<RuleSet, R
             family,
             forwards,
             allowed_sources,
-            local_output: mode == DataplaneMode::Host,
+            shared_netns: mode == DataplaneMode::Host,
         });
     }
     out.sort_by_key(|f| f.family);

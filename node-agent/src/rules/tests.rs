@@ -116,7 +116,7 @@ fn pod_cluster_dnats_to_the_cluster_ip_of_each_family_and_masquerades() {
     assert_eq!(tcp.destinations, vec![ip("10.244.1.7")]);
     assert_eq!(tcp.targets, vec![sa("10.96.0.10:8080")]);
     assert!(tcp.masquerade);
-    assert!(!v4.local_output);
+    assert!(!v4.shared_netns);
     assert_eq!(v4.allowed_sources, None);
     let v6 = family(&rs, IpFamily::IPv6);
     assert_eq!(v6.forwards[1].targets, vec![sa("[fd00:96::10]:53")]);
@@ -172,7 +172,7 @@ fn host_local_uses_only_this_nodes_ready_endpoints_without_snat() {
     ];
     let rs = build(&spec(DataplaneMode::Host, TrafficPolicy::Local), &c).expect("valid");
     let v4 = family(&rs, IpFamily::IPv4);
-    assert!(v4.local_output);
+    assert!(v4.shared_netns);
     assert_eq!(
         v4.forwards[0].targets,
         vec![sa("10.244.1.20:8080"), sa("10.244.1.21:8080")],

@@ -38,7 +38,7 @@ fn rules(targets: bool) -> RuleSet {
                 masquerade: false,
             }],
             allowed_sources: None,
-            local_output: true,
+            shared_netns: true,
         }],
         notes: vec![],
     }

@@ -82,6 +82,28 @@ pub struct IptablesDataplane {
     port_chains: BTreeMap<String, (IpFamily, Protocol, u16)>,
 }
 
+/// `(protocol, port)` of an entry rule (`-p tcp -m tcp --dport 80 ...`).
+fn entry_port(spec: &str) -> Option<(Protocol, u16)> {
+    let mut protocol = None;
+    let mut port = None;
+    let mut tokens = spec.split_ascii_whitespace();
+    while let Some(t) = tokens.next() {
+        match t {
+            "-p" => {
+                protocol = match tokens.next() {
+                    Some("tcp") => Some(Protocol::TCP),
+                    Some("udp") => Some(Protocol::UDP),
+                    Some("sctp") => Some(Protocol::SCTP),
+                    _ => None,
+                }
+            }
+            "--dport" => port = tokens.next().and_then(|p| p.parse().ok()),
+            _ => {}
+        }
+    }
+    Some((protocol?, port?))
+}
+
 fn family_str(f: IpFamily) -> &'static str {
     match f {
         IpFamily::IPv4 => "IPv4",
@@ -356,6 +378,7 @@ impl Dataplane for IptablesDataplane {
 
     async fn counters(&mut self) -> Result<Vec<RuleCounter>, DataplaneError> {
         let mut out = Vec::new();
+        let dnat_chain = self.names.dnat();
         for family in [IpFamily::IPv4, IpFamily::IPv6] {
             if !self.port_chains.values().any(|(f, _, _)| *f == family) {
                 continue;
@@ -364,27 +387,34 @@ impl Dataplane for IptablesDataplane {
             let Some(nat) = state.table("nat") else {
                 continue;
             };
+            // Single-target ports DNAT in the entry chain; others in their port chain.
+            let mut rules: Vec<(Protocol, u16, &save::SavedRule)> = nat
+                .rules_of(&dnat_chain)
+                .iter()
+                .filter(|r| r.target() == Some("DNAT"))
+                .filter_map(|r| entry_port(&r.spec).map(|(p, n)| (p, n, r)))
+                .collect();
             for (chain, (f, protocol, port)) in &self.port_chains {
-                if *f != family {
-                    continue;
+                if *f == family {
+                    rules.extend(nat.rules_of(chain).iter().map(|r| (*protocol, *port, r)));
                 }
-                for rule in nat.rules_of(chain) {
-                    let target = rule
-                        .spec
-                        .split_once("--to-destination ")
-                        .map(|(_, t)| t.split_ascii_whitespace().next().unwrap_or(t))
-                        .unwrap_or_default()
-                        .to_owned();
-                    let (packets, bytes) = rule.counters.unwrap_or_default();
-                    out.push(RuleCounter {
-                        family,
-                        protocol: *protocol,
-                        port: *port,
-                        target,
-                        packets,
-                        bytes,
-                    });
-                }
+            }
+            for (protocol, port, rule) in rules {
+                let target = rule
+                    .spec
+                    .split_once("--to-destination ")
+                    .map(|(_, t)| t.split_ascii_whitespace().next().unwrap_or(t))
+                    .unwrap_or_default()
+                    .to_owned();
+                let (packets, bytes) = rule.counters.unwrap_or_default();
+                out.push(RuleCounter {
+                    family,
+                    protocol,
+                    port,
+                    target,
+                    packets,
+                    bytes,
+                });
             }
         }
         Ok(out)

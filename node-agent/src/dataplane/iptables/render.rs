@@ -7,9 +7,9 @@
 //!
 //! | table  | chain            | hooked from (inserted first)  | content |
 //! |--------|------------------|-------------------------------|---------|
-//! | nat    | `<P>-<ID>-DNAT`  | PREROUTING (+ OUTPUT in Host) | per port and local address: match, jump to the port chain |
-//! | nat    | `<P>-<ID>-T80`.. | (from DNAT)                   | DNAT to the targets, spread with `statistic --mode random` |
-//! | nat    | `<P>-<ID>-SNAT`  | POSTROUTING                   | MASQUERADE connections DNATed from our address:port |
+//! | nat    | `<P>-<ID>-DNAT`  | PREROUTING (+ OUTPUT in Host) | per port and local address: DNAT to the one target, or jump to the port chain |
+//! | nat    | `<P>-<ID>-T80`.. | (from DNAT)                   | ports with several targets: DNAT spread with `statistic --mode random` |
+//! | nat    | `<P>-<ID>-SNAT`  | POSTROUTING                   | MASQUERADE connections DNATed from our address (Pod) or address:port (Host) |
 //! | filter | `<P>-<ID>-FW`    | INPUT, FORWARD (`ctstate NEW`)| source-range check per port; REJECT ports without endpoints |
 //! | filter | `<P>-<ID>-SRC`   | (from FW)                     | `RETURN` for each allowed range, then `DROP` |
 //!
@@ -279,45 +279,63 @@ pub fn desired(rules: Option<&FamilyRules>, names: &ChainNames) -> DesiredFamily
     let mut nat = DesiredTable::default();
     let mut dnat = Vec::new();
     let mut snat = Vec::new();
+    // Pod mode: the addresses whose DNATed connections are masqueraded (one rule each).
+    let mut snat_addresses = BTreeSet::new();
     for fw in &rules.forwards {
         if fw.targets.is_empty() {
             continue;
         }
         let proto = proto_lower(fw.protocol);
-        let port_chain = names.port(fw.protocol, fw.port);
-        let comment = names.entry_comment(&fw.name, fw.protocol, fw.port);
+        // One target: DNAT right in the entry rule (no chain, no jump: a third of the rules
+        // for the common case). Several: a port chain spreading over them.
+        let action = match fw.targets.as_slice() {
+            [one] => format!("DNAT --to-destination {}", fmt_target(one)),
+            many => {
+                let port_chain = names.port(fw.protocol, fw.port);
+                let n = many.len();
+                let lines = many
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        if i + 1 < n {
+                            format!(
+                                "-p {proto} -m statistic --mode random --probability {} -j DNAT --to-destination {}",
+                                fmt_probability(1.0 / (n - i) as f64),
+                                fmt_target(t)
+                            )
+                        } else {
+                            format!("-p {proto} -j DNAT --to-destination {}", fmt_target(t))
+                        }
+                    })
+                    .collect();
+                nat.chains.insert(port_chain.clone(), lines);
+                port_chain
+            }
+        };
         for dst in &fw.destinations {
             dnat.push(format!(
-                "-d {} -p {proto} -m {proto} --dport {} -m comment --comment \"{comment}\" -j {port_chain}",
+                "-d {} -p {proto} -m {proto} --dport {} -j {action}",
                 fmt_host(dst),
                 fw.port
             ));
             if fw.masquerade {
-                snat.push(format!(
-                    "-p {proto} -m conntrack --ctstate DNAT --ctorigdst {} --ctorigdstport {} -j MASQUERADE --random-fully",
-                    fmt_ip(dst),
-                    fw.port
-                ));
+                if rules.shared_netns {
+                    snat.push(format!(
+                        "-p {proto} -m conntrack --ctstate DNAT --ctorigdst {} --ctorigdstport {} -j MASQUERADE --random-fully",
+                        fmt_ip(dst),
+                        fw.port
+                    ));
+                } else {
+                    snat_addresses.insert(*dst);
+                }
             }
         }
-        let n = fw.targets.len();
-        let lines = fw
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if i + 1 < n {
-                    format!(
-                        "-p {proto} -m statistic --mode random --probability {} -j DNAT --to-destination {}",
-                        fmt_probability(1.0 / (n - i) as f64),
-                        fmt_target(t)
-                    )
-                } else {
-                    format!("-p {proto} -j DNAT --to-destination {}", fmt_target(t))
-                }
-            })
-            .collect();
-        nat.chains.insert(port_chain, lines);
+    }
+    for dst in &snat_addresses {
+        snat.push(format!(
+            "-m conntrack --ctstate DNAT --ctorigdst {} -j MASQUERADE --random-fully",
+            fmt_ip(dst)
+        ));
     }
     if !dnat.is_empty() {
         let chain = names.dnat();
@@ -327,7 +345,7 @@ pub fn desired(rules: Option<&FamilyRules>, names: &ChainNames) -> DesiredFamily
             spec: spec.clone(),
             target: chain.clone(),
         });
-        if rules.local_output {
+        if rules.shared_netns {
             nat.jumps.push(Jump {
                 from: "OUTPUT",
                 spec,

@@ -33,12 +33,12 @@ fn fw(protocol: Protocol, port: u16, targets: &[&str], masquerade: bool) -> Forw
     }
 }
 
-fn v4(forwards: Vec<Forward>, allowed: Option<Vec<&str>>, local_output: bool) -> FamilyRules {
+fn v4(forwards: Vec<Forward>, allowed: Option<Vec<&str>>, shared_netns: bool) -> FamilyRules {
     FamilyRules {
         family: IpFamily::IPv4,
         forwards,
         allowed_sources: allowed.map(|a| a.iter().map(|n| n.parse().expect("net")).collect()),
-        local_output,
+        shared_netns,
     }
 }
 
@@ -123,23 +123,21 @@ fn renders_pod_mode_like_iptables_save_prints_it() {
     assert_eq!(
         nat.chains.get(&n.dnat()).expect("dnat"),
         &vec![
-            format!(
-                "-d 10.0.0.7/32 -p tcp -m tcp --dport 80 -m comment --comment \"shop/web:http\" -j {id}T80"
-            ),
-            format!(
-                "-d 10.0.0.7/32 -p udp -m udp --dport 53 -m comment --comment \"shop/web:udp/53\" -j {id}U53"
-            ),
-        ]
+            "-d 10.0.0.7/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.96.0.10:8080"
+                .to_owned(),
+            "-d 10.0.0.7/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.96.0.10:53"
+                .to_owned(),
+        ],
+        "single targets are DNATed in the entry rule"
     );
+    assert!(!nat.chains.contains_key(&n.port(Protocol::TCP, 80)));
     assert_eq!(
-        nat.chains
-            .get(&n.port(Protocol::TCP, 80))
-            .expect("port chain"),
-        &vec!["-p tcp -j DNAT --to-destination 10.96.0.10:8080".to_owned()]
-    );
-    assert_eq!(
-        nat.chains.get(&n.snat()).expect("snat")[0],
-        "-p tcp -m conntrack --ctstate DNAT --ctorigdst 10.0.0.7 --ctorigdstport 80 -j MASQUERADE --random-fully"
+        nat.chains.get(&n.snat()).expect("snat"),
+        &vec![
+            "-m conntrack --ctstate DNAT --ctorigdst 10.0.0.7 -j MASQUERADE --random-fully"
+                .to_owned()
+        ],
+        "the pod's own netns: one masquerade rule per address"
     );
     let froms: Vec<&str> = nat.jumps.iter().map(|j| j.from).collect();
     assert_eq!(froms, vec!["PREROUTING", "POSTROUTING"]);
@@ -151,7 +149,28 @@ fn renders_pod_mode_like_iptables_save_prints_it() {
         !d.tables.contains_key("filter"),
         "no ranges, all ports have targets"
     );
-    assert_eq!(d.rule_count(), 2 + 2 + 2 + 2);
+    assert_eq!(d.rule_count(), 2 + 1 + 2);
+}
+
+#[test]
+fn shared_netns_masquerades_each_address_and_port_exactly() {
+    let rules = v4(
+        vec![
+            fw(Protocol::TCP, 80, &["10.244.1.2:80"], true),
+            fw(Protocol::UDP, 53, &["10.244.1.2:53"], true),
+        ],
+        None,
+        true,
+    );
+    let n = names();
+    let d = desired(Some(&rules), &n);
+    assert_eq!(
+        d.tables["nat"].chains.get(&n.snat()).expect("snat"),
+        &vec![
+            "-p tcp -m conntrack --ctstate DNAT --ctorigdst 10.0.0.7 --ctorigdstport 80 -j MASQUERADE --random-fully".to_owned(),
+            "-p udp -m conntrack --ctstate DNAT --ctorigdst 10.0.0.7 --ctorigdstport 53 -j MASQUERADE --random-fully".to_owned(),
+        ]
+    );
 }
 
 #[test]
@@ -233,7 +252,7 @@ fn ipv6_rules_use_brackets_128_and_icmp6() {
             },
         ],
         allowed_sources: None,
-        local_output: false,
+        shared_netns: false,
     };
     let d = desired(Some(&rules), &names());
     let text = format!("{d:?}");
@@ -344,11 +363,12 @@ fn duplicate_jumps_from_a_crash_are_deleted_and_foreign_rules_kept() {
 #[test]
 fn a_changed_port_chain_is_rewritten_alone_and_stale_chains_are_deleted() {
     let n = names();
+    let two = ["10.96.0.10:8080", "10.96.0.11:8080"];
     let before = desired(
         Some(&v4(
             vec![
-                fw(Protocol::TCP, 80, &["10.96.0.10:8080"], true),
-                fw(Protocol::TCP, 81, &["10.96.0.10:81"], true),
+                fw(Protocol::TCP, 80, &two, true),
+                fw(Protocol::TCP, 81, &["10.96.0.10:81", "10.96.0.11:81"], true),
             ],
             None,
             false,
@@ -356,12 +376,17 @@ fn a_changed_port_chain_is_rewritten_alone_and_stale_chains_are_deleted() {
         &n,
     );
     let current = as_saved(&before, &[]);
-    // Change only port 80's destination: only its chain is rewritten.
+    // Change one of port 80's endpoints: only its chain is rewritten.
     let changed = desired(
         Some(&v4(
             vec![
-                fw(Protocol::TCP, 80, &["10.96.0.99:8080"], true),
-                fw(Protocol::TCP, 81, &["10.96.0.10:81"], true),
+                fw(
+                    Protocol::TCP,
+                    80,
+                    &["10.96.0.10:8080", "10.96.0.99:8080"],
+                    true,
+                ),
+                fw(Protocol::TCP, 81, &["10.96.0.10:81", "10.96.0.11:81"], true),
             ],
             None,
             false,
@@ -372,17 +397,33 @@ fn a_changed_port_chain_is_rewritten_alone_and_stale_chains_are_deleted() {
     assert_eq!(
         batch.script,
         format!(
-            "*nat\n:{c} - [0:0]\n-A {c} -p tcp -j DNAT --to-destination 10.96.0.99:8080\nCOMMIT\n",
+            "*nat\n:{c} - [0:0]\n-A {c} -p tcp -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 10.96.0.10:8080\n-A {c} -p tcp -j DNAT --to-destination 10.96.0.99:8080\nCOMMIT\n",
             c = n.port(Protocol::TCP, 80)
         )
     );
-    // Remove port 81: the entry and SNAT chains are rewritten, its chain flushed and deleted.
-    let removed = desired(
+    // A single-target port's new destination rewrites the entry chain and nothing else.
+    let single = desired(
         Some(&v4(
-            vec![fw(Protocol::TCP, 80, &["10.96.0.10:8080"], true)],
+            vec![fw(Protocol::TCP, 90, &["10.96.0.10:90"], true)],
             None,
             false,
         )),
+        &n,
+    );
+    let moved = desired(
+        Some(&v4(
+            vec![fw(Protocol::TCP, 90, &["10.96.0.12:90"], true)],
+            None,
+            false,
+        )),
+        &n,
+    );
+    let batch = diff(&as_saved(&single, &[]), &moved, &n.owned_prefix()).expect("changes");
+    assert_eq!(batch.summary.chains_written, 1);
+    assert!(batch.script.contains(&format!(":{} - [0:0]", n.dnat())));
+    // Remove port 81: the entry chain is rewritten, its port chain flushed and deleted.
+    let removed = desired(
+        Some(&v4(vec![fw(Protocol::TCP, 80, &two, true)], None, false)),
         &n,
     );
     let batch = diff(&current, &removed, &n.owned_prefix()).expect("changes");
@@ -435,7 +476,10 @@ fn cleanup_removes_every_owned_chain_and_jump_only() {
         batch.script
     );
     assert!(!batch.script.contains("KUBE-SERVICES"));
-    assert_eq!(batch.summary.chains_deleted, 5);
+    assert_eq!(
+        batch.summary.chains_deleted, 4,
+        "DNAT, SNAT, FW, SRC: one target, no port chain"
+    );
     assert_eq!(batch.summary.jumps_deleted, 4);
     // With the family prefix every agent's rules go, foreign ones still stay.
     let all = diff(&current, &DesiredFamily::default(), &n.family_prefix()).expect("cleanup");
