@@ -12,13 +12,21 @@
 //! - `servicelb`: the real operator in-process: Service -> ServiceLoadBalancer + DaemonSet,
 //!   ingress from agents' reports, zero writes on resync and restart, clean-up, port conflicts.
 //! - `operator_status`: agents' entries survive the real operator's status and spec writes.
+//! - `clustercidr`: pod CIDRs for new Nodes, adoption with zero writes after a restart, Exhausted.
+//! - `leader`: two replicas on one Lease; only the holder writes; a killed leader hands over.
+//! - `rbac`: the chart's RBAC and admission policy with the real operator (as its ServiceAccount)
+//!   and agents (pod-bound tokens): enough for the operator, nothing beyond their own entry for
+//!   agents.
 //! - `common`: starting operator replicas, simulated agents, Events, waiting for quiet.
 
 mod bad_input;
+mod clustercidr;
 mod common;
 mod crds;
 mod harness;
+mod leader;
 mod operator_status;
+mod rbac;
 mod servicelb;
 mod status_ssa;
 mod tokens;

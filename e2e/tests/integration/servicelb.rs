@@ -464,6 +464,38 @@ async fn load_balancer_service_lifecycle_with_the_real_operator() {
         "the operator's own write metric moved"
     );
 
+    // 5b. Someone edits the DaemonSet's pod template: the operator puts its own back.
+    let daemonsets: Api<DaemonSet> = Api::namespaced(admin.clone(), OPERATOR_NS);
+    let tamper = Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "agent", "image": "example.org/tampered:1"}
+    ]}}}}));
+    daemonsets
+        .patch(&ds_name, &pp, &tamper)
+        .await
+        .expect("edit the DaemonSet");
+    wait::wait_for(
+        daemonsets.clone(),
+        &ds_name,
+        "the operator to restore the agent image",
+        |d: Option<&DaemonSet>| {
+            d.and_then(|d| d.spec.as_ref())
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.containers.iter().find(|c| c.name == "agent"))
+                .and_then(|c| c.image.as_deref())
+                == Some("portway/agent:e2e")
+        },
+        ACT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; operator log:\n{}", op.log_tail(20)));
+    settle(&log, Duration::from_secs(3), ACT).await;
+    assert_eq!(
+        op.metric("portway_operator_reconcile_errors_total", &[]),
+        0.0,
+        "failed reconciles before the deletion:\n{}",
+        op.log_tail(20)
+    );
+
     // 6. A restart (new caches, every Service reconciled, the start-up sweep) writes nothing either.
     assert_eq!(
         op.stop().await.expect("stop"),
@@ -494,6 +526,13 @@ async fn load_balancer_service_lifecycle_with_the_real_operator() {
         writes.is_empty(),
         "a restarted operator wrote to a converged cluster:\n  {}",
         describe(&writes)
+    );
+
+    assert_eq!(
+        op.metric("portway_operator_reconcile_errors_total", &[]),
+        0.0,
+        "failed reconciles after the restart:\n{}",
+        op.log_tail(20)
     );
 
     // 7. Deleting the Service: the operator deletes the DaemonSet and the ServiceLoadBalancer
@@ -542,8 +581,22 @@ async fn load_balancer_service_lifecycle_with_the_real_operator() {
     .await
     .expect("rolebinding deleted");
     assert!(op.is_running(), "operator stopped:\n{}", op.log_tail(30));
+    // KNOWN BUG (docs/testing.md, "What the tier found"): withdrawing the ingress changes the
+    // Service's resourceVersion, and the finalizer patch that follows carries the old one, so
+    // the first clean-up attempt of a published Service always fails with 409 and is retried
+    // after 1 s. Bounded here so that anything else fails; tighten to 0 once fixed.
+    let failed = op.metric("portway_operator_reconcile_errors_total", &[]);
+    let conflicts = op.metric(
+        "portway_operator_reconcile_errors_total",
+        &[("category", "conflict")],
+    );
+    assert!(
+        failed == conflicts && conflicts <= 1.0,
+        "failed reconciles while deleting: {failed} ({conflicts} conflicts):\n{}",
+        op.log_tail(20)
+    );
     report::line(&format!(
-        "api-server servicelb: ServiceLoadBalancer + DaemonSet {:.1}s after start; ingress from 2 of 3 reporting agents; {triggered} triggered reconciles and a restart: 0 writes; Service deleted and cleaned up in {:.1}s",
+        "api-server servicelb: ServiceLoadBalancer + DaemonSet {:.1}s after start; ingress from 2 of 3 reporting agents; {triggered} triggered reconciles and a restart: 0 writes; edited DaemonSet restored; Service deleted and cleaned up in {:.1}s ({conflicts} finalizer-patch conflict, known bug)",
         created_in.as_secs_f64(),
         gone_in.as_secs_f64()
     ));
