@@ -184,8 +184,11 @@ fn parse_ips(field: &str, raw: &[String]) -> Result<Vec<IpAddr>, String> {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: container logs are files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -423,7 +426,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
         service: format!("{namespace}/{name}"),
         lock_wait_secs: args.xtables_wait_seconds,
         retry: RetryPolicy::default(),
-    });
+    })
+    .with_seed(&detection.dumps);
     let netlink = Netlink::connect().map_err(|e| e.to_string())?;
     let net_events = match net::monitor() {
         Ok(rx) => Some(rx),

@@ -296,7 +296,7 @@ fn forwarding_over_rtnetlink_with_a_read_only_proc_sys() {
         return;
     }
     if !std::path::Path::new("/usr/bin/unshare").exists() {
-        println!("SKIP forwarding_over_rtnetlink_with_a_read_only_proc_sys: unshare(1) missing");
+        note("SKIP forwarding_over_rtnetlink_with_a_read_only_proc_sys: unshare(1) missing");
         return;
     }
     let mode = backends()[0];
@@ -381,7 +381,7 @@ ipFamilies: [IPv4]
                 assert_eq!(seen, addr::NODE4_INNER);
                 println!("SCTP over iptables-{mode}: forwarded");
             }
-            Err(reason) => println!("SKIP SCTP traffic over iptables-{mode}: {reason}"),
+            Err(reason) => note(&format!("SKIP SCTP traffic over iptables-{mode}: {reason}")),
         }
     }
 }

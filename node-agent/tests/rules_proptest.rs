@@ -18,6 +18,12 @@ use portway_node_agent::rules::{
 };
 use proptest::prelude::*;
 
+/// Written past libtest's capture so the run length shows in `cargo test` output.
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Cases per property (fixed, so CI time is bounded: about a second each in debug builds).
 const CASES: u32 = 512;
 
@@ -425,10 +431,10 @@ fn build_is_total_deterministic_and_bounded() {
             }
         }
     });
-    println!(
+    note(&format!(
         "rules-fuzz: {} spec+context cases: {ok} built rules, {rejected} rejected, 0 panics",
         ok + rejected
-    );
+    ));
     assert!(
         ok >= (CASES as usize) / 20,
         "too few valid specs ({ok}): the property would be vacuous"
@@ -458,10 +464,10 @@ fn arbitrary_json_never_panics() {
             Err(_) => Ok(false),
         }
     });
-    println!(
+    note(&format!(
         "rules-fuzz: {} JSON documents: {ok} built rules, {rejected} rejected, 0 panics",
         ok + rejected
-    );
+    ));
     assert!(
         ok > 0,
         "no JSON document was valid: the generator is broken"

@@ -39,11 +39,17 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// Prints a line that stays visible in `cargo test` output: libtest captures `print!`, not
+/// direct writes to the process's stderr. For skip reasons and summary lines.
+pub fn note(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Skips the calling test with a printed reason (returns true when it must stop).
 pub fn skip(test: &str) -> bool {
     match skip_reason() {
         Some(reason) => {
-            println!("SKIP {test}: {reason}");
+            note(&format!("SKIP {test}: {reason}"));
             true
         }
         None => false,

@@ -80,7 +80,13 @@ pub struct IptablesDataplane {
     touched: BTreeMap<IpFamily, bool>,
     /// Port chains installed, for counters: chain name -> (family, protocol, port).
     port_chains: BTreeMap<String, (IpFamily, Protocol, u16)>,
+    /// Dumps taken moments ago (by variant detection), used instead of a fresh dump by the
+    /// first apply only.
+    seed: BTreeMap<IpFamily, (Instant, save::SavedState)>,
 }
+
+/// How long start-up dumps may stand in for a fresh read.
+const SEED_TTL: Duration = Duration::from_secs(2);
 
 /// `(protocol, port)` of an entry rule (`-p tcp -m tcp --dport 80 ...`).
 fn entry_port(spec: &str) -> Option<(Protocol, u16)> {
@@ -120,7 +126,21 @@ impl IptablesDataplane {
             // Unknown state: a previous run may have left rules in either family.
             touched: [(IpFamily::IPv4, true), (IpFamily::IPv6, true)].into(),
             port_chains: BTreeMap::new(),
+            seed: BTreeMap::new(),
         }
+    }
+
+    /// Starts the first apply from dumps just taken (by [`mode::detect`]) instead of dumping
+    /// again: two processes less between start and forwarding. If the dumps turn out stale
+    /// (the batch is refused), the apply re-reads the tables and tries again at once.
+    pub fn with_seed(mut self, dumps: &mode::Dumps) -> Self {
+        for (family, dump) in [(IpFamily::IPv4, &dumps.v4), (IpFamily::IPv6, &dumps.v6)] {
+            if let Some(text) = dump {
+                self.seed
+                    .insert(family, (Instant::now(), save::parse(text)));
+            }
+        }
+        self
     }
 
     pub fn names(&self) -> &ChainNames {
@@ -168,6 +188,7 @@ impl IptablesDataplane {
         family: IpFamily,
         desired: &DesiredFamily,
         owned: &str,
+        mut seed: Option<save::SavedState>,
     ) -> Result<FamilyReport, DataplaneError> {
         let started = Instant::now();
         let restore = self.tool(family, "restore");
@@ -177,9 +198,16 @@ impl IptablesDataplane {
             ..FamilyReport::default()
         };
         let mut last_error = String::new();
-        for attempt in 1..=self.cfg.retry.attempts.max(1) {
+        let mut attempt = 0;
+        while attempt < self.cfg.retry.attempts.max(1) {
+            attempt += 1;
             report.attempts = attempt;
-            let current = match self.save(family, false).await {
+            let seeded = seed.is_some();
+            let read = match seed.take() {
+                Some(s) => Ok(s),
+                None => self.save(family, false).await,
+            };
+            let current = match read {
                 Ok(c) => c,
                 // With nothing to install, a family whose tools or kernel tables are missing
                 // (no IPv6 in this kernel, say) has nothing of ours to remove either.
@@ -207,14 +235,26 @@ impl IptablesDataplane {
             match outcome {
                 Ok(out) if out.success => {
                     report.changed = true;
-                    report.rules_written =
+                    report.rules_written +=
                         batch.summary.rules_written + batch.summary.jumps_inserted;
                     report.rules_installed = desired.rule_count();
                     report.duration = started.elapsed();
+                    if seeded {
+                        // Forwarding is on; now make sure the start-up dump was not stale
+                        // (a fresh read must find nothing left to do).
+                        attempt -= 1;
+                        continue;
+                    }
                     return Ok(report);
                 }
                 Ok(out) if exec::is_transient(&out.stderr) => {
                     last_error = out.stderr;
+                }
+                Ok(out) if seeded => {
+                    // The seed may have been stale: read the tables and try again at once.
+                    tracing::debug!(family = family_str(family), error = %out.stderr, "batch from the start-up dump refused; re-reading");
+                    attempt -= 1;
+                    continue;
                 }
                 Ok(out) => {
                     return Err(DataplaneError::Rejected {
@@ -275,16 +315,22 @@ impl IptablesDataplane {
                 IpFamily::IPv6 => v6 = Some(d),
             }
         }
+        let fresh = |s: Option<(Instant, save::SavedState)>| {
+            s.filter(|(at, _)| at.elapsed() < SEED_TTL).map(|(_, s)| s)
+        };
+        let seed4 = fresh(self.seed.remove(&IpFamily::IPv4));
+        let seed6 = fresh(self.seed.remove(&IpFamily::IPv6));
+        self.seed.clear();
         let (r4, r6) = tokio::join!(
             async {
                 match &v4 {
-                    Some(d) => Some(self.converge(IpFamily::IPv4, d, owned).await),
+                    Some(d) => Some(self.converge(IpFamily::IPv4, d, owned, seed4).await),
                     None => None,
                 }
             },
             async {
                 match &v6 {
-                    Some(d) => Some(self.converge(IpFamily::IPv6, d, owned).await),
+                    Some(d) => Some(self.converge(IpFamily::IPv6, d, owned, seed6).await),
                     None => None,
                 }
             }

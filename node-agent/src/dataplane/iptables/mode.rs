@@ -70,6 +70,9 @@ pub enum ModeChoice {
 pub struct Detection {
     pub mode: Mode,
     pub reason: String,
+    /// The chosen variant's dumps taken for the decision (empty unless detected): the first
+    /// apply starts from them instead of dumping the tables again.
+    pub dumps: Dumps,
 }
 
 fn has_kubelet_chains(dump: &str) -> bool {
@@ -82,7 +85,7 @@ fn rule_lines(dump: &str) -> usize {
 }
 
 /// Dumps of one variant (`None`: the variant's tools are missing or failed).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dumps {
     pub v4: Option<String>,
     pub v6: Option<String>,
@@ -111,6 +114,7 @@ impl Dumps {
 pub fn decide(nft: &Dumps, legacy: &Dumps) -> Detection {
     if !nft.available() && !legacy.available() {
         return Detection {
+            dumps: Dumps::default(),
             mode: Mode::Plain,
             reason: "neither iptables-nft nor iptables-legacy tools run; using plain iptables"
                 .into(),
@@ -118,18 +122,21 @@ pub fn decide(nft: &Dumps, legacy: &Dumps) -> Detection {
     }
     if !legacy.available() {
         return Detection {
+            dumps: Dumps::default(),
             mode: Mode::Nft,
             reason: "iptables-legacy tools are not available".into(),
         };
     }
     if !nft.available() {
         return Detection {
+            dumps: Dumps::default(),
             mode: Mode::Legacy,
             reason: "iptables-nft tools are not available".into(),
         };
     }
     if nft.kubelet() {
         return Detection {
+            dumps: Dumps::default(),
             mode: Mode::Nft,
             reason: "kubelet's KUBE-IPTABLES-HINT/KUBE-KUBELET-CANARY chains are in nf_tables"
                 .into(),
@@ -137,6 +144,7 @@ pub fn decide(nft: &Dumps, legacy: &Dumps) -> Detection {
     }
     if legacy.kubelet() {
         return Detection {
+            dumps: Dumps::default(),
             mode: Mode::Legacy,
             reason:
                 "kubelet's KUBE-IPTABLES-HINT/KUBE-KUBELET-CANARY chains are in the legacy tables"
@@ -146,11 +154,13 @@ pub fn decide(nft: &Dumps, legacy: &Dumps) -> Detection {
     let (l, n) = (legacy.rules(), nft.rules());
     if l > n {
         Detection {
+            dumps: Dumps::default(),
             mode: Mode::Legacy,
             reason: format!("the legacy tables hold more rules ({l}) than nf_tables ({n})"),
         }
     } else {
         Detection {
+            dumps: Dumps::default(),
             mode: Mode::Nft,
             reason: format!(
                 "no kubelet hint chains; nf_tables holds {n} rules, the legacy tables {l}: defaulting to nft"
@@ -175,7 +185,15 @@ pub async fn detect() -> Detection {
         dump(Mode::Legacy.binary(false, "save")),
         dump(Mode::Legacy.binary(true, "save")),
     );
-    decide(&Dumps { v4: n4, v6: n6 }, &Dumps { v4: l4, v6: l6 })
+    let nft = Dumps { v4: n4, v6: n6 };
+    let legacy = Dumps { v4: l4, v6: l6 };
+    let mut d = decide(&nft, &legacy);
+    d.dumps = match d.mode {
+        Mode::Nft => nft,
+        Mode::Legacy => legacy,
+        Mode::Plain => Dumps::default(),
+    };
+    d
 }
 
 /// Resolves the `--iptables` flag.
@@ -183,10 +201,12 @@ pub async fn resolve(choice: ModeChoice) -> Detection {
     match choice {
         ModeChoice::Auto => detect().await,
         ModeChoice::Legacy => Detection {
+            dumps: Dumps::default(),
             mode: Mode::Legacy,
             reason: "--iptables legacy".into(),
         },
         ModeChoice::Nft => Detection {
+            dumps: Dumps::default(),
             mode: Mode::Nft,
             reason: "--iptables nft".into(),
         },
