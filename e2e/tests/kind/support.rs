@@ -1,0 +1,790 @@
+//! Helpers of the cluster tests: the connection to the kind cluster (`PORTWAY_E2E_KUBECONFIG`),
+//! throwaway namespaces and pools removed even when a test fails, the backend (agnhost
+//! `netexec`), LoadBalancer Services, raw HTTP from the test host to node addresses, and the
+//! node-side view (`docker exec <node> iptables-save`).
+//!
+//! Every wait is bounded ([`portway_e2e::wait`]); every test has an overall budget ([`run`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use portway_crds::{LoadBalancerPool, ServiceLoadBalancer, names};
+use portway_e2e::{report, wait};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::{Variant, ZONE_LABEL};
+
+/// A failed step, with what was seen.
+pub type R<T> = Result<T, String>;
+
+/// How long a Service may take from creation to answering on every node (agent image already on
+/// the nodes, backend ready).
+pub const SERVE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long clean-up (DaemonSet, agent pods, rules) may take; agents have 30 s of grace.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Overall budget of one test.
+pub const TEST_BUDGET: Duration = Duration::from_secs(600);
+/// The backend's HTTP port (agnhost netexec).
+pub const BACKEND_PORT: i32 = 8080;
+
+/// The kind cluster under test.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub variant: Variant,
+    /// Where the chart is installed (the operator, the agent DaemonSets).
+    pub namespace: String,
+    pub backend_image: String,
+}
+
+impl Cluster {
+    /// Connects to the cluster named by `PORTWAY_E2E_KUBECONFIG`, or prints why the test skips.
+    /// A bare `KUBECONFIG` is not enough: these tests create pools and `helm uninstall` Portway,
+    /// so they run only against a cluster named for them (e2e/run.sh does).
+    pub async fn connect_or_skip(test: &str) -> Option<Cluster> {
+        let Some(path) = std::env::var_os("PORTWAY_E2E_KUBECONFIG") else {
+            let why = if std::env::var_os("KUBECONFIG").is_some() {
+                "PORTWAY_E2E_KUBECONFIG is not set (KUBECONFIG alone does not opt a cluster in: the suite creates pools and uninstalls Portway); run e2e/run.sh"
+            } else {
+                "PORTWAY_E2E_KUBECONFIG is not set; run e2e/run.sh (needs Docker and kind)"
+            };
+            report::skip(test, why);
+            return None;
+        };
+        let kubeconfig = PathBuf::from(path);
+        let kc = Kubeconfig::read_from(&kubeconfig)
+            .unwrap_or_else(|e| panic!("{}: {e}", kubeconfig.display()));
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", kubeconfig.display()));
+        let client = Client::try_from(config).expect("client");
+        let variant = match std::env::var("PORTWAY_E2E_VARIANT") {
+            Ok(v) => Variant::from_name(&v)
+                .unwrap_or_else(|| panic!("PORTWAY_E2E_VARIANT={v} is not a variant")),
+            Err(_) => detect_variant(&client).await,
+        };
+        Some(Cluster {
+            client,
+            kubeconfig,
+            variant,
+            namespace: std::env::var("PORTWAY_E2E_NAMESPACE")
+                .unwrap_or_else(|_| "portway-system".to_owned()),
+            backend_image: std::env::var("PORTWAY_E2E_BACKEND_IMAGE")
+                .unwrap_or_else(|_| "registry.k8s.io/e2e-test-images/agnhost:2.53".to_owned()),
+        })
+    }
+
+    pub fn api<K>(&self, ns: &str) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    pub fn all<K>(&self) -> Api<K>
+    where
+        K: kube::Resource,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::all(self.client.clone())
+    }
+
+    /// The Service IP families the variant gives (`ipFamilies` order).
+    pub fn families(&self) -> Vec<Family> {
+        let mut f = Vec::new();
+        if self.variant.has_v4() {
+            f.push(Family::V4);
+        }
+        if self.variant.has_v6() {
+            f.push(Family::V6);
+        }
+        f
+    }
+
+    /// Workers (nodes without the control-plane role), by name.
+    pub async fn workers(&self) -> R<Vec<Node>> {
+        let nodes = self
+            .all::<Node>()
+            .list(&ListParams::default().labels("!node-role.kubernetes.io/control-plane"))
+            .await
+            .map_err(|e| format!("list workers: {e}"))?;
+        let mut nodes = nodes.items;
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        if nodes.len() < 2 {
+            return Err(format!("{} workers; the suite needs two", nodes.len()));
+        }
+        Ok(nodes)
+    }
+
+    /// The worker of zone `zone` (`e2e.portway.dev/zone`).
+    pub async fn zone_worker(&self, zone: &str) -> R<Node> {
+        self.workers()
+            .await?
+            .into_iter()
+            .find(|n| label(n, ZONE_LABEL) == Some(zone))
+            .ok_or_else(|| format!("no worker labelled {ZONE_LABEL}={zone}"))
+    }
+
+    /// Runs a shell script in a node's container (`docker exec`; kind's nodes are containers named
+    /// like their Node objects).
+    pub fn node_exec(&self, node: &str, script: &str) -> R<String> {
+        let out = Command::new(std::env::var("PORTWAY_E2E_NODE_EXEC").unwrap_or("docker".into()))
+            .args(["exec", node, "sh", "-c", script])
+            .output()
+            .map_err(|e| format!("docker exec {node}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "docker exec {node} sh -c {script:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every iptables rule and chain declaration in a node's network namespace, of both families
+    /// and both iptables variants (the agent picks the one the node uses), with counters.
+    pub fn node_rules(&self, node: &str) -> R<String> {
+        self.node_exec(
+            node,
+            "for s in iptables-legacy-save iptables-nft-save ip6tables-legacy-save ip6tables-nft-save; do \
+               if command -v $s >/dev/null 2>&1; then $s -c 2>/dev/null || true; fi; \
+             done",
+        )
+    }
+
+    /// Lines of Portway's chains on a node: all of them, or those of one Service's agent.
+    pub fn portway_lines(&self, node: &str, service: Option<(&str, &str)>) -> R<Vec<String>> {
+        let rules = self.node_rules(node)?;
+        let needle = match service {
+            Some((ns, name)) => chain_prefix(ns, name),
+            None => "PORTWAY-".to_owned(),
+        };
+        Ok(rules
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The agent pods of a Service (in the operator's namespace, by the DaemonSet's labels).
+    pub async fn agent_pods(&self, ns: &str, name: &str) -> R<Vec<Pod>> {
+        let selector = format!(
+            "{}={},{}={}",
+            names::LABEL_SERVICE_NAMESPACE,
+            ns,
+            names::LABEL_SERVICE_NAME,
+            name
+        );
+        self.api::<Pod>(&self.namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+            .map_err(|e| format!("list agent pods: {e}"))
+    }
+
+    /// The agent DaemonSets of a Service (there must be at most one).
+    pub async fn agent_daemonsets(&self, ns: &str, name: &str) -> R<Vec<DaemonSet>> {
+        let selector = format!(
+            "{}={},{}={}",
+            names::LABEL_SERVICE_NAMESPACE,
+            ns,
+            names::LABEL_SERVICE_NAME,
+            name
+        );
+        self.api::<DaemonSet>(&self.namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+            .map_err(|e| format!("list agent DaemonSets: {e}"))
+    }
+
+    /// Nodes that run a ready agent pod of the Service.
+    pub async fn ready_agent_nodes(&self, ns: &str, name: &str) -> R<BTreeSet<String>> {
+        Ok(self
+            .agent_pods(ns, name)
+            .await?
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect())
+    }
+
+    /// Nodes that run any agent pod of the Service (terminating ones included).
+    pub async fn agent_nodes(&self, ns: &str, name: &str) -> R<BTreeSet<String>> {
+        Ok(self
+            .agent_pods(ns, name)
+            .await?
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect())
+    }
+
+    /// What the cluster says about a Service, for failure messages.
+    pub async fn describe(&self, ns: &str, name: &str) -> String {
+        let mut out = String::new();
+        if let Ok(Some(svc)) = self.api::<Service>(ns).get_opt(name).await {
+            out += &format!(
+                "Service {ns}/{name}: finalizers {:?}, ingress {}\n",
+                svc.metadata.finalizers,
+                serde_json::to_string(&svc.status).unwrap_or_default()
+            );
+        }
+        match self.api::<ServiceLoadBalancer>(ns).get_opt(name).await {
+            Ok(Some(slb)) => {
+                out += &format!(
+                    "ServiceLoadBalancer: {}\n",
+                    serde_json::to_string(&slb.status).unwrap_or_default()
+                )
+            }
+            Ok(None) => out += "ServiceLoadBalancer: none\n",
+            Err(e) => out += &format!("ServiceLoadBalancer: {e}\n"),
+        }
+        if let Ok(pods) = self.agent_pods(ns, name).await {
+            for p in pods {
+                out += &format!(
+                    "agent pod {} on {:?}: phase {:?}, ready {}\n",
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    pod_ready(&p)
+                );
+            }
+        }
+        out
+    }
+}
+
+async fn detect_variant(client: &Client) -> Variant {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&ListParams::default())
+        .await
+        .expect("list nodes");
+    let ips: Vec<IpAddr> = list.items.iter().flat_map(internal_ips).collect();
+    match (
+        ips.iter().any(IpAddr::is_ipv4),
+        ips.iter().any(IpAddr::is_ipv6),
+    ) {
+        (true, true) => Variant::DualStack,
+        (false, true) => Variant::Ipv6,
+        _ => Variant::Ipv4,
+    }
+}
+
+/// An IP family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+}
+
+pub fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+pub fn name_of(node: &Node) -> String {
+    node.metadata.name.clone().unwrap_or_default()
+}
+
+/// A node's InternalIPs (kind nodes have no ExternalIP).
+pub fn internal_ips(node: &Node) -> Vec<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The addresses Portway should publish for `nodes` and `families` (InternalIP per family).
+pub fn expected_ingress(nodes: &[Node], families: &[Family]) -> BTreeSet<IpAddr> {
+    nodes
+        .iter()
+        .flat_map(internal_ips)
+        .filter(|ip| families.contains(&Family::of(ip)))
+        .collect()
+}
+
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The chain-name prefix of one Service's agent (`PORTWAY-<id>-`), as the agent computes it.
+pub fn chain_prefix(ns: &str, name: &str) -> String {
+    portway_node_agent::dataplane::iptables::render::ChainNames::new(
+        portway_node_agent::dataplane::iptables::render::DEFAULT_PREFIX,
+        &format!("{ns}/{name}"),
+    )
+    .owned_prefix()
+}
+
+/// Packets DNATed by one Service agent's TCP port chain on a node (`[packets:bytes] -A
+/// PORTWAY-<id>-T<port> ... -j DNAT ...` as `iptables-save -c` prints it). Only connections this
+/// port chain forwarded count; the catch-all jump from PREROUTING does not.
+pub fn dnat_packets(lines: &[String], ns: &str, name: &str, port: i32) -> u64 {
+    let chain = format!("-A {}T{port} ", chain_prefix(ns, name));
+    let rules: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(&chain) && l.contains("-j DNAT"))
+        .cloned()
+        .collect();
+    packets(&rules)
+}
+
+/// Packets counted by `iptables-save -c` on `lines` (`[packets:bytes] -A ...`).
+pub fn packets(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix('[')?;
+            let (packets, _) = rest.split_once(':')?;
+            packets.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// A condition of a list by type.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Deletes what a test created when the test ends, also when it fails: namespaces (everything
+/// in them goes with them) and cluster-scoped objects, with `kubectl` so it works from `Drop`.
+pub struct Cleanup {
+    kubeconfig: PathBuf,
+    items: Vec<(String, String)>,
+}
+
+impl Cleanup {
+    pub fn new(cluster: &Cluster) -> Self {
+        Self {
+            kubeconfig: cluster.kubeconfig.clone(),
+            items: Vec::new(),
+        }
+    }
+
+    /// Registers `kind/name` (cluster-scoped, or a namespace) for deletion.
+    pub fn add(&mut self, kind: &str, name: &str) {
+        self.items.push((kind.to_owned(), name.to_owned()));
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // Last registered first: Services' namespaces go before the pools they use.
+        for (kind, name) in self.items.iter().rev() {
+            let _ = Command::new("kubectl")
+                .env("KUBECONFIG", &self.kubeconfig)
+                .args(["delete", kind, name, "--ignore-not-found", "--wait=false"])
+                .output();
+        }
+    }
+}
+
+/// A fresh namespace `pwe-<prefix>-<random>`, deleted by `cleanup`.
+pub async fn namespace(cluster: &Cluster, prefix: &str, cleanup: &mut Cleanup) -> R<String> {
+    let name = format!("pwe-{prefix}-{}", random_suffix());
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"e2e.portway.dev/test": prefix}},
+    }))
+    .map_err(|e| e.to_string())?;
+    cluster
+        .all::<k8s_openapi::api::core::v1::Namespace>()
+        .create(&PostParams::default(), &ns)
+        .await
+        .map_err(|e| format!("create namespace {name}: {e}"))?;
+    cleanup.add("namespace", &name);
+    Ok(name)
+}
+
+/// Five hex digits from the clock and the process id: unique enough for parallel tests.
+pub fn random_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{:05x}",
+        (nanos ^ std::process::id().rotate_left(13)) & 0xfffff
+    )
+}
+
+/// A LoadBalancerPool that serves only Services naming it (`autoAssign: false`, so it never
+/// takes another test's Service), on the nodes `node_selector` selects.
+pub async fn pool(
+    cluster: &Cluster,
+    prefix: &str,
+    node_selector: Value,
+    dataplane: &str,
+    cleanup: &mut Cleanup,
+) -> R<String> {
+    let name = format!("pwe-{prefix}-{}", random_suffix());
+    let pool: LoadBalancerPool = serde_json::from_value(json!({
+        "apiVersion": names::API_VERSION,
+        "kind": "LoadBalancerPool",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": node_selector,
+            "autoAssign": false,
+            "dataplane": dataplane,
+            "addressTypes": ["InternalIP"],
+        },
+    }))
+    .map_err(|e| format!("pool: {e}"))?;
+    cluster
+        .all::<LoadBalancerPool>()
+        .create(&PostParams::default(), &pool)
+        .await
+        .map_err(|e| format!("create pool {name}: {e}"))?;
+    cleanup.add("loadbalancerpools.portway.dev", &name);
+    Ok(name)
+}
+
+/// A Deployment of agnhost `netexec` (HTTP on [`BACKEND_PORT`]: `/hostname`, `/clientip`),
+/// labelled `app=<name>`, optionally pinned to one zone.
+pub fn backend_deployment(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    zone: Option<&str>,
+    replicas: i32,
+) -> R<Deployment> {
+    let node_selector = zone.map(|z| json!({ ZONE_LABEL: z }));
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeSelector": node_selector,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "netexec",
+                        "image": cluster.backend_image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["netexec", format!("--http-port={BACKEND_PORT}"), "--udp-port=-1"],
+                        "ports": [{"containerPort": BACKEND_PORT, "name": "http"}],
+                        "readinessProbe": {"tcpSocket": {"port": BACKEND_PORT}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }))
+    .map_err(|e| format!("backend: {e}"))
+}
+
+/// Creates [`backend_deployment`] and waits until its pods are ready.
+pub async fn backend(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    zone: Option<&str>,
+    replicas: i32,
+) -> R<()> {
+    let deploy = backend_deployment(cluster, ns, name, zone, replicas)?;
+    cluster
+        .api::<Deployment>(ns)
+        .create(&PostParams::default(), &deploy)
+        .await
+        .map_err(|e| format!("create backend {ns}/{name}: {e}"))?;
+    wait_backend(cluster, ns, name, replicas).await
+}
+
+/// Waits until `replicas` pods of the backend are ready.
+pub async fn wait_backend(cluster: &Cluster, ns: &str, name: &str, replicas: i32) -> R<()> {
+    let api = cluster.api::<Deployment>(ns);
+    wait::eventually(
+        &format!("backend {ns}/{name} ready"),
+        SERVE_TIMEOUT,
+        || async {
+            let d = api.get(name).await.ok()?;
+            let s = d.status?;
+            (s.ready_replicas == Some(replicas)
+                && s.updated_replicas == Some(replicas)
+                && s.replicas == Some(replicas))
+            .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Options of a test Service.
+pub struct ServiceOptions<'a> {
+    pub port: i32,
+    pub local: bool,
+    pub pool: Option<&'a str>,
+    /// The backend's `app` label (defaults to the Service's name).
+    pub app: Option<&'a str>,
+}
+
+/// A LoadBalancer Service to the backend; dual-stack clusters get a dual-stack Service.
+pub fn service_object(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    opts: &ServiceOptions<'_>,
+) -> R<Service> {
+    let annotations = opts.pool.map(|p| json!({ names::POOL_ANNOTATION: p }));
+    let policy = if cluster.variant == Variant::DualStack {
+        "RequireDualStack"
+    } else {
+        "SingleStack"
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+        "spec": {
+            "type": "LoadBalancer",
+            "ipFamilyPolicy": policy,
+            "externalTrafficPolicy": if opts.local { "Local" } else { "Cluster" },
+            "selector": {"app": opts.app.unwrap_or(name)},
+            "ports": [{"name": "http", "protocol": "TCP", "port": opts.port, "targetPort": BACKEND_PORT}],
+        },
+    }))
+    .map_err(|e| format!("service: {e}"))
+}
+
+/// Creates [`service_object`].
+pub async fn service(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    opts: &ServiceOptions<'_>,
+) -> R<Service> {
+    let svc = service_object(cluster, ns, name, opts)?;
+    cluster
+        .api::<Service>(ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .map_err(|e| format!("create Service {ns}/{name}: {e}"))
+}
+
+/// The IPs of a Service's `status.loadBalancer.ingress`.
+pub fn ingress_ips(svc: &Service) -> BTreeSet<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|i| {
+            i.iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the Service's ingress is exactly `expected`.
+pub async fn wait_ingress(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    expected: &BTreeSet<IpAddr>,
+    timeout: Duration,
+) -> R<()> {
+    let api = cluster.api::<Service>(ns);
+    let result = wait::eventually(
+        &format!("ingress of {ns}/{name} = {expected:?}"),
+        timeout,
+        || async {
+            let svc = api.get(name).await.ok()?;
+            (ingress_ips(&svc) == *expected).then_some(())
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(format!("{e}\n{}", cluster.describe(ns, name).await)),
+    }
+}
+
+/// Waits until the Service's ServiceLoadBalancer has condition `type_` with `status` and
+/// `reason`; returns it.
+pub async fn wait_slb_condition(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    timeout: Duration,
+) -> R<Condition> {
+    let api = cluster.api::<ServiceLoadBalancer>(ns);
+    let result = wait::eventually(
+        &format!("{ns}/{name}: {type_}={status} ({reason})"),
+        timeout,
+        || async {
+            let slb = api.get(name).await.ok()?;
+            let c = condition(&slb.status?.conditions, type_)?.clone();
+            (c.status == status && c.reason == reason).then_some(c)
+        },
+    )
+    .await;
+    match result {
+        Ok(c) => Ok(c),
+        Err(e) => Err(format!("{e}\n{}", cluster.describe(ns, name).await)),
+    }
+}
+
+/// One HTTP/1.0 GET of `path` from the test host to `ip:port`: the body, and the local address
+/// the connection came from (what the backend should see as client address when it is kept).
+pub async fn http_get(ip: IpAddr, port: i32, path: &str) -> R<(String, SocketAddr)> {
+    let port = u16::try_from(port).map_err(|e| e.to_string())?;
+    let addr = SocketAddr::new(ip, port);
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let local = stream.local_addr()?;
+        let host = match ip {
+            IpAddr::V4(_) => ip.to_string(),
+            IpAddr::V6(_) => format!("[{ip}]"),
+        };
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>((String::from_utf8_lossy(&buf).into_owned(), local))
+    };
+    let (response, local) = tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .map_err(|_| format!("GET http://{addr}{path}: no answer in 5 s"))?
+        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET http://{addr}{path}: not HTTP: {response:?}"))?;
+    if !head.starts_with("HTTP/1.") || head.split(' ').nth(1) != Some("200") {
+        return Err(format!(
+            "GET http://{addr}{path}: {}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
+    Ok((body.trim().to_owned(), local))
+}
+
+/// Retries [`http_get`] until it answers, at most `timeout` (forwarding may trail the ingress
+/// by a moment on a busy node).
+pub async fn http_get_eventually(
+    ip: IpAddr,
+    port: i32,
+    path: &str,
+    timeout: Duration,
+) -> R<(String, SocketAddr)> {
+    let last = std::sync::Mutex::new(String::new());
+    let result = wait::eventually(&format!("GET {ip}:{port}{path}"), timeout, || async {
+        match http_get(ip, port, path).await {
+            Ok(ok) => Some(ok),
+            Err(e) => {
+                if let Ok(mut l) = last.lock() {
+                    *l = e;
+                }
+                None
+            }
+        }
+    })
+    .await;
+    result.map_err(|e| {
+        let last = last.lock().map(|l| l.clone()).unwrap_or_default();
+        format!("{e}; last error: {last}")
+    })
+}
+
+/// The backend pods' names (what `/hostname` answers).
+pub async fn backend_pods(cluster: &Cluster, ns: &str, app: &str) -> R<BTreeMap<String, Pod>> {
+    let pods = cluster
+        .api::<Pod>(ns)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .map_err(|e| format!("list backend pods: {e}"))?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter_map(|p| Some((p.metadata.name.clone()?, p)))
+        .collect())
+}
+
+/// Merge-patches a pool's spec.
+pub async fn patch_pool(cluster: &Cluster, name: &str, spec: Value) -> R<()> {
+    cluster
+        .all::<LoadBalancerPool>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("patch pool {name}: {e}"))
+}
+
+/// Deletes a Service and waits until it, its DaemonSet, its ServiceLoadBalancer and its agent
+/// pods are gone.
+pub async fn delete_service_and_wait(cluster: &Cluster, ns: &str, name: &str) -> R<()> {
+    cluster
+        .api::<Service>(ns)
+        .delete(name, &DeleteParams::default())
+        .await
+        .map_err(|e| format!("delete Service {ns}/{name}: {e}"))?;
+    let result = wait::eventually(
+        &format!("Service {ns}/{name}, its DaemonSet, ServiceLoadBalancer and agents gone"),
+        CLEANUP_TIMEOUT,
+        || async {
+            let svc = cluster.api::<Service>(ns).get_opt(name).await.ok()?;
+            let slb = cluster
+                .api::<ServiceLoadBalancer>(ns)
+                .get_opt(name)
+                .await
+                .ok()?;
+            let ds = cluster.agent_daemonsets(ns, name).await.ok()?;
+            let pods = cluster.agent_pods(ns, name).await.ok()?;
+            (svc.is_none() && slb.is_none() && ds.is_empty() && pods.is_empty()).then_some(())
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(format!("{e}\n{}", cluster.describe(ns, name).await)),
+    }
+}
+
+/// Runs a test body under [`TEST_BUDGET`] and turns its error into a panic with the message.
+pub async fn run<F: Future<Output = R<()>>>(test: &str, body: F) {
+    match tokio::time::timeout(TEST_BUDGET, body).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{test}: {e}"),
+        Err(_) => panic!("{test}: over its budget of {TEST_BUDGET:?}"),
+    }
+}
