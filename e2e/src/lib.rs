@@ -10,9 +10,11 @@
 //! - [`requests`]: a record of every request a client sends (proves "zero writes").
 //! - [`operator`]: the real operator (`portway run`) in-process, on its own runtime, as any
 //!   identity; stopped cleanly or killed.
+//! - [`agent`]: the real node agent's watch, loop and status sink in-process, without a kernel.
 //!
 //! The tiers and how to run them are described in `docs/testing.md`.
 
+pub mod agent;
 pub mod apply;
 pub mod envtest;
 pub mod objects;

@@ -36,6 +36,30 @@ impl Recorded {
         self.path.split('?').next().unwrap_or(&self.path)
     }
 
+    /// The resource addressed, `plural` or `plural/subresource` (e.g. `services/status`), from
+    /// `/api/v1/...` and `/apis/<group>/<version>/...` paths, namespaced or not.
+    pub fn resource(&self) -> String {
+        let segments: Vec<&str> = self
+            .path_only()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let rest: &[&str] = match segments.first() {
+            Some(&"api") => segments.get(2..).unwrap_or_default(),
+            Some(&"apis") => segments.get(3..).unwrap_or_default(),
+            _ => &segments,
+        };
+        let rest = match rest {
+            ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+            other => other,
+        };
+        match rest {
+            [plural, _, sub, ..] => format!("{plural}/{sub}"),
+            [plural, ..] => (*plural).to_owned(),
+            [] => String::new(),
+        }
+    }
+
     /// True when the path addresses `resource` (a plural, e.g. `leases`, `daemonsets`, or
     /// `serviceloadbalancers/status` for a subresource).
     pub fn is_resource(&self, resource: &str) -> bool {
@@ -200,6 +224,15 @@ where
 /// every 2 s and the start-up RBAC check (SelfSubjectAccessReviews are POSTs that store nothing).
 pub const HOUSEKEEPING: &[&str] = &["leases", "selfsubjectaccessreviews"];
 
+/// The distinct `METHOD resource` pairs of `requests`, sorted, for summaries.
+pub fn kinds(requests: &[Recorded]) -> Vec<String> {
+    let set: std::collections::BTreeSet<String> = requests
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.resource()))
+        .collect();
+    set.into_iter().collect()
+}
+
 /// One line per request, for assertion messages.
 pub fn describe(requests: &[Recorded]) -> String {
     if requests.is_empty() {
@@ -245,6 +278,22 @@ mod tests {
         );
         assert!(lease.is_resource("leases") && !lease.is_resource("daemonsets"));
         assert!(!rec(Method::GET, "/api/v1/nodes?watch=true").is_write());
+        assert_eq!(status.resource(), "serviceloadbalancers/status");
+        assert_eq!(spec.resource(), "serviceloadbalancers");
+        assert_eq!(lease.resource(), "leases");
+        assert_eq!(rec(Method::PATCH, "/api/v1/nodes/n1").resource(), "nodes");
+        assert_eq!(
+            rec(Method::POST, "/apis/events.k8s.io/v1/namespaces/a/events").resource(),
+            "events"
+        );
+        assert_eq!(
+            rec(Method::POST, "/api/v1/namespaces").resource(),
+            "namespaces"
+        );
+        assert_eq!(
+            rec(Method::DELETE, "/api/v1/namespaces/a").resource(),
+            "namespaces"
+        );
     }
 
     #[test]
