@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, PostParams};
 use kube::runtime::wait::conditions;
 use portway_e2e::operator::{Exit, Operator};
 use portway_e2e::requests::{HOUSEKEEPING, Mark, RequestLog, describe};
@@ -217,8 +218,44 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
     assert_eq!(op_b.stop().await.expect("stop"), Exit::Returned(Ok(())));
     let released = lease(&admin).await.expect("lease");
     assert_eq!(released.holder, None, "{released:?}");
+
+    // 5. A leader that finds the Lease taken (say, after a long pause) stops: `run` returns the
+    //    error (the Deployment restarts it as a standby) and nothing of it runs on.
+    let log_c = RequestLog::new();
+    let op_c = start_operator(&env, "op-c", Identity::Admin, &flags, &log_c);
+    wait_holder(&admin, "op-c").await;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), OPERATOR_NS);
+    let mut stolen = leases.get(LEASE).await.expect("lease");
+    let spec = stolen.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some("intruder".to_owned());
+    spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+    spec.lease_duration_seconds = Some(60);
+    leases
+        .replace(LEASE, &PostParams::default(), &stolen)
+        .await
+        .expect("take the Lease away");
+    let lost = op_c
+        .wait_exit(ACT)
+        .await
+        .expect("op-c stops after losing the Lease");
+    match &lost {
+        Exit::Returned(Err(message)) if message.contains("lost the leader Lease") => {}
+        other => panic!("a replica that lost the Lease ended with {other:?}"),
+    }
+    let after_exit = log_c.mark();
+    tokio::time::sleep(RETRY).await;
+    assert!(
+        log_c.since(after_exit).is_empty(),
+        "op-c still sends requests"
+    );
+    assert_eq!(
+        lease(&admin).await.and_then(|s| s.holder).as_deref(),
+        Some("intruder"),
+        "a replica that lost the Lease must not release someone else's"
+    );
+
     report::line(&format!(
-        "api-server leader election: standby polled the Lease {lease_reads_b}x and wrote nothing; leader killed: hand-over {:.1}s after the kill, {:.1}s after its last renewal (lease {}s, retry {}s); new leader: 0 writes on the converged Service; clean stop released the Lease",
+        "api-server leader election: standby polled the Lease {lease_reads_b}x and wrote nothing; leader killed: hand-over {:.1}s after the kill, {:.1}s after its last renewal (lease {}s, retry {}s); new leader: 0 writes on the converged Service; clean stop released the Lease; a leader whose Lease was taken stopped with an error",
         handed_over.as_secs_f64(),
         gap.as_secs_f64(),
         LEASE_DURATION.as_secs(),

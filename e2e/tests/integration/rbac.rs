@@ -26,6 +26,7 @@ use kube::{Client, ResourceExt};
 use portway_crds::condition::{self, reasons, types};
 use portway_crds::names::API_VERSION;
 use portway_crds::{ClusterCIDR, ServiceLoadBalancer};
+use portway_e2e::agent::NodeAgent;
 use portway_e2e::apply::{Applier, Document, parse_documents};
 use portway_e2e::envtest::workspace_root;
 use portway_e2e::operator::{self, Operator};
@@ -34,7 +35,7 @@ use portway_e2e::{Identity, TestEnv, objects, report, wait};
 use portway_node_agent::status::StatusError;
 use serde_json::{Value, json};
 
-use crate::common::{OPERATOR_NS, agent_entry, agent_publish, now, slb_generation};
+use crate::common::{OPERATOR_NS, agent_entry, agent_publish, now};
 use crate::servicelb::{create_service, ingress_ips, wait_ingress, wait_slb_reason};
 
 const ACT: Duration = Duration::from_secs(60);
@@ -304,23 +305,19 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
     .await
     .expect("clustercidr status");
 
-    // 3. Agents with pod-bound tokens: node-a's and node-b's.
-    let pod_a =
-        objects::create_pod_on_node(&admin, OPERATOR_NS, "agent-a", "node-a", "portway-agent")
+    // 3. Agents with tokens bound to their Pods on node-a and node-b, as the kubelet mounts them.
+    let mut tokens = Vec::new();
+    for (pod, node) in [("agent-a", "node-a"), ("agent-b", "node-b")] {
+        let pod = objects::create_pod_on_node(&admin, OPERATOR_NS, pod, node, "portway-agent")
             .await
             .expect("pod");
-    let pod_b =
-        objects::create_pod_on_node(&admin, OPERATOR_NS, "agent-b", "node-b", "portway-agent")
+        let token = env
+            .service_account_token(OPERATOR_NS, "portway-agent", Some(&pod))
             .await
-            .expect("pod");
-    let agent_a = env
-        .pod_bound_client(OPERATOR_NS, "portway-agent", &pod_a)
-        .await
-        .expect("agent a");
-    let agent_b = env
-        .pod_bound_client(OPERATOR_NS, "portway-agent", &pod_b)
-        .await
-        .expect("agent b");
+            .expect("pod-bound token");
+        tokens.push(token);
+    }
+    let agent_a = env.client_with_token(&tokens[0]).expect("agent a");
 
     // Reads: its ServiceLoadBalancer, and EndpointSlices (Host dataplane), cluster-wide.
     let mine = Api::<ServiceLoadBalancer>::namespaced(agent_a.clone(), &shop)
@@ -337,16 +334,20 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
         .await
         .expect("an agent lists EndpointSlices");
 
-    // Its own entry, with the agent's own status code.
-    let generation = slb_generation(&admin, &shop, "web").await;
-    let a_entry = agent_entry("node-a", generation, true, "192.0.2.1");
-    let b_entry = agent_entry("node-b", generation, true, "192.0.2.2");
-    agent_publish(&agent_a, &shop, "web", "node-a", &a_entry)
-        .await
-        .unwrap_or_else(|e| panic!("node-a's agent writes its entry: {}", status_error(&e)));
-    agent_publish(&agent_b, &shop, "web", "node-b", &b_entry)
-        .await
-        .unwrap_or_else(|e| panic!("node-b's agent writes its entry: {}", status_error(&e)));
+    // The real agents' loop (watch, rules, status entry; no kernel) with those tokens: each
+    // reads its ServiceLoadBalancer and reports its own entry; the operator publishes both.
+    let agent_logs = [RequestLog::new(), RequestLog::new()];
+    let mut agents = Vec::new();
+    for ((node, pod_ip), (token, log)) in [("node-a", "10.42.1.7"), ("node-b", "10.42.2.7")]
+        .into_iter()
+        .zip(tokens.iter().zip(agent_logs.iter()))
+    {
+        let spec = env
+            .client_spec(Identity::Token(token.clone()))
+            .recorded(log);
+        let ip = pod_ip.parse().expect("ip");
+        agents.push(NodeAgent::start(spec, &shop, "web", node, vec![ip]).expect("agent"));
+    }
     wait_ingress(&admin, &shop, "web", &["192.0.2.1", "192.0.2.2"]).await;
     wait_slb_reason(
         &admin,
@@ -356,6 +357,38 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
         reasons::AGENTS_FORWARDING,
     )
     .await;
+    let slb = Api::<ServiceLoadBalancer>::namespaced(admin.clone(), &shop)
+        .get("web")
+        .await
+        .expect("slb");
+    let generation = slb.metadata.generation;
+    let reported = |node: &str| {
+        slb.status
+            .as_ref()
+            .and_then(|s| s.nodes.iter().find(|n| n.node == node).cloned())
+            .unwrap_or_else(|| panic!("no entry of {node}"))
+    };
+    let a_entry = reported("node-a");
+    assert_eq!(a_entry.addresses, ["10.42.1.7"]);
+    assert_eq!(a_entry.observed_generation, generation);
+    assert_eq!(
+        a_entry
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect::<Vec<_>>(),
+        [(types::FORWARDING, "True", reasons::RULES_APPLIED)]
+    );
+    assert_eq!(reported("node-b").addresses, ["10.42.2.7"]);
+    for agent in &agents {
+        assert!(
+            agent
+                .applied()
+                .last()
+                .is_some_and(|r| !r.families.is_empty()),
+            "an agent applied no rules"
+        );
+    }
 
     // 4. Refusals. The admission policy is loaded asynchronously: wait (bounded) until a dry-run
     //    forgery is denied, so nothing forged is ever stored.
@@ -556,6 +589,27 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
         ["192.0.2.1", "192.0.2.2"]
     );
 
+    // A stopping agent reports ShuttingDown and the operator withdraws its node at once.
+    let mut agents = agents.into_iter();
+    let first = agents.next().expect("agent a");
+    assert_eq!(
+        first.stop().await,
+        Some(true),
+        "node-a's agent removed its rules"
+    );
+    wait_ingress(&admin, &shop, "web", &["192.0.2.2"]).await;
+    for agent in agents {
+        assert_eq!(agent.stop().await, Some(true));
+    }
+    for log in &agent_logs {
+        let refused = log.answered_since(Mark::START, 403);
+        assert!(
+            refused.is_empty(),
+            "a real agent was refused:\n  {}",
+            describe(&refused)
+        );
+    }
+
     // 5. Clean-up as the ServiceAccount; the agents' write permission goes with the binding.
     let svc_uid = Api::<Service>::namespaced(admin.clone(), &shop)
         .get("web")
@@ -592,7 +646,7 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
             .expect("get")
             .is_none()
     );
-    let late = wait::eventually(
+    wait::eventually(
         "node-a's agent to lose its write permission in shop",
         ACT,
         || async {
@@ -615,10 +669,13 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
         describe(&forbidden)
     );
     assert!(op.is_running(), "operator stopped:\n{}", op.log_tail(20));
-    let writes = log.writes_since(Mark::START, &[]).len();
+    let writes = log.writes_since(Mark::START, &[]);
+    let kinds = portway_e2e::requests::kinds(&writes);
     report::line(&format!(
-        "api-server chart rbac: operator as system:serviceaccount:{OPERATOR_NS}:portway-operator with the Deployment's flags: {writes} writes, 0 refused (ServiceLB, ClusterCIDR, Lease, Events, clean-up); agents: own entries written, {} forgeries refused; after clean-up: {}",
+        "api-server chart rbac: operator as system:serviceaccount:{OPERATOR_NS}:portway-operator with the Deployment's flags: {} writes of {} kinds, 0 refused ({}); real agents (pod-bound tokens): read, reported, shut down, 0 refused; {} forgeries refused; after clean-up the agents' status write is refused (403)",
+        writes.len(),
+        kinds.len(),
+        kinds.join(", "),
         refusals.len(),
-        late.lines().next().unwrap_or_default()
     ));
 }
