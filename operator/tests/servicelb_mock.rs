@@ -448,6 +448,10 @@ async fn deletion_with_finalizer_cleans_up_then_releases() {
         json!([]),
         "finalizer removed last"
     );
+    assert_eq!(
+        seen[3].body["metadata"]["resourceVersion"], "2",
+        "the finalizer patch carries the resourceVersion the status write returned (not the 1 it read)"
+    );
 }
 
 #[tokio::test]

@@ -132,7 +132,7 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
             publish(ctx, svc, &plan, &plan.events).await;
         }
         FinalizerAction::Remove => {
-            cleanup(
+            let version = cleanup(
                 ctx,
                 svc,
                 &a.daemonset_name,
@@ -140,7 +140,13 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
                 live_slb.is_some(),
             )
             .await?;
-            writes::remove_finalizer(ctx, svc).await?;
+            // Withdrawing the ingress moved the Service's resourceVersion: the optimistic
+            // finalizer patch must carry the new one (else it always fails once with 409).
+            let mut current = svc.clone();
+            if version.is_some() {
+                current.metadata.resource_version = version;
+            }
+            writes::remove_finalizer(ctx, &current).await?;
             publish_unplaced(ctx, svc, &plan).await;
             if matches!(a.placement, Placement::Released) {
                 ctx.forget(&key);
@@ -170,7 +176,7 @@ async fn cleanup(
     daemonset_name: &str,
     has_ds: bool,
     has_slb: bool,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let key = Key::of(&svc.metadata);
     if has_ds {
         let ds_key = Key::new(&ctx.args.namespace, daemonset_name);

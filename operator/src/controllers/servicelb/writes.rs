@@ -229,12 +229,13 @@ where
 }
 
 /// Writes `status.loadBalancer.ingress` of the Service when it differs. An empty list releases
-/// the field (server-side apply removes what the manager no longer sets).
+/// the field (server-side apply removes what the manager no longer sets). Returns the Service's
+/// new resourceVersion when it wrote (a later optimistic patch must carry it).
 pub async fn apply_ingress(
     ctx: &Context,
     svc: &Service,
     ingress: &[LoadBalancerIngress],
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let key = Key::of(&svc.metadata);
     let live: &[LoadBalancerIngress] = svc
         .status
@@ -243,7 +244,7 @@ pub async fn apply_ingress(
         .and_then(|l| l.ingress.as_deref())
         .unwrap_or(&[]);
     if live == ingress {
-        return Ok(());
+        return Ok(None);
     }
     let load_balancer = if ingress.is_empty() {
         json!({})
@@ -258,10 +259,11 @@ pub async fn apply_ingress(
     });
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
     ctx.metrics.write("services/status", "patch");
-    api.patch_status(&key.name, &apply_params(), &Patch::Apply(&body))
+    let written = api
+        .patch_status(&key.name, &apply_params(), &Patch::Apply(&body))
         .await
         .map_err(|e| Error::kube("publish ingress of", format!("Service {key}"), e))?;
-    Ok(())
+    Ok(written.metadata.resource_version)
 }
 
 /// Applies a pool's status when it differs.
