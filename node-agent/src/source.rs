@@ -367,3 +367,136 @@ mod tests {
         assert_eq!(o.spec, SpecState::Missing);
     }
 }
+
+/// The watch path against a mocked API server: list, then watch events, for both resources.
+#[cfg(test)]
+mod kube_tests {
+    use std::time::Duration;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+
+    fn slb(generation: i64, protocol: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "portway.dev/v1alpha1", "kind": "ServiceLoadBalancer",
+            "metadata": {"name": "web", "namespace": "shop", "generation": generation,
+                         "resourceVersion": format!("{generation}")},
+            "spec": {"pool": "p", "ports": [{"protocol": protocol, "port": 80, "hostPort": 80}],
+                     "clusterIPs": ["10.96.0.10"], "ipFamilies": ["IPv4"]}
+        })
+    }
+
+    fn slice() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abc", "namespace": "shop", "resourceVersion": "5",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": "node-a"}],
+            "ports": [{"name": "", "port": 8080, "protocol": "TCP"}]
+        })
+    }
+
+    fn ok(body: String) -> Response<Body> {
+        Response::builder()
+            .status(200)
+            .body(Body::from(body.into_bytes()))
+            .expect("response")
+    }
+
+    #[tokio::test]
+    async fn watches_the_object_by_name_and_the_slices_by_label() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let (tx, mut rx) = mpsc::channel(16);
+        kube_source(client, "shop", "web", tx);
+        let server = tokio::spawn(async move {
+            let mut parked = Vec::new();
+            let mut watched = 0;
+            while let Some((req, send)) = handle.next_request().await {
+                let uri = req.uri().to_string();
+                let watch = uri.contains("watch=true");
+                if uri.contains("/serviceloadbalancers") {
+                    assert!(
+                        uri.starts_with(
+                            "/apis/portway.dev/v1alpha1/namespaces/shop/serviceloadbalancers?"
+                        ),
+                        "{uri}"
+                    );
+                    assert!(uri.contains("fieldSelector=metadata.name%3Dweb"), "{uri}");
+                    if !watch {
+                        let list = serde_json::json!({"apiVersion": "portway.dev/v1alpha1",
+                            "kind": "ServiceLoadBalancerList", "metadata": {"resourceVersion": "1"},
+                            "items": [slb(1, "TCP")]});
+                        send.send_response(ok(list.to_string()));
+                    } else if watched == 0 {
+                        watched += 1;
+                        // A new generation, then one the agent cannot read.
+                        let events = format!(
+                            "{}\n{}\n",
+                            serde_json::json!({"type": "MODIFIED", "object": slb(2, "TCP")}),
+                            serde_json::json!({"type": "MODIFIED", "object": slb(3, "ICMP")})
+                        );
+                        send.send_response(ok(events));
+                    } else {
+                        parked.push(send);
+                    }
+                } else if uri.contains("/endpointslices") {
+                    assert!(
+                        uri.starts_with(
+                            "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices?"
+                        ),
+                        "{uri}"
+                    );
+                    assert!(
+                        uri.contains("labelSelector=kubernetes.io%2Fservice-name%3Dweb"),
+                        "{uri}"
+                    );
+                    if !watch {
+                        let list = serde_json::json!({"apiVersion": "discovery.k8s.io/v1",
+                            "kind": "EndpointSliceList", "metadata": {"resourceVersion": "5"},
+                            "items": [slice()]});
+                        send.send_response(ok(list.to_string()));
+                    } else {
+                        parked.push(send);
+                    }
+                } else {
+                    panic!("unexpected request {uri}");
+                }
+            }
+        });
+        let mut observed = Observed::default();
+        let mut generations = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while generations.len() < 3 || !observed.slices_synced {
+            let u = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("updates within 5 s")
+                .expect("channel open");
+            if let Update::Spec(s) = &u {
+                generations.push(match s {
+                    SpecState::Present(o) => (o.metadata.generation, "present"),
+                    SpecState::Unreadable { generation, .. } => (*generation, "unreadable"),
+                    other => panic!("unexpected {other:?}"),
+                });
+            }
+            observed.update(u);
+        }
+        assert_eq!(
+            generations,
+            vec![
+                (Some(1), "present"),
+                (Some(2), "present"),
+                (Some(3), "unreadable")
+            ]
+        );
+        assert_eq!(observed.slices.len(), 1);
+        assert_eq!(
+            observed.slices[0].endpoints[0].addresses,
+            vec!["10.244.1.5"]
+        );
+        server.abort();
+    }
+}
