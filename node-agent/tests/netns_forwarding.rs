@@ -385,3 +385,110 @@ ipFamilies: [IPv4]
         }
     }
 }
+
+/// Pod mode with externalTrafficPolicy Local: traffic goes to the node's address (HOST_IPS)
+/// and the NodePort, where kube-proxy would send it only to local endpoints. The backend netns
+/// stands in for the node serving the NodePort.
+#[test]
+fn pod_mode_local_sends_to_the_node_address_and_node_port() {
+    if skip("pod_mode_local_sends_to_the_node_address_and_node_port") {
+        return;
+    }
+    let spec = "pool: p
+externalTrafficPolicy: Local
+ports:
+- {name: http, protocol: TCP, port: 80, hostPort: 80, nodePort: 30080}
+clusterIPs: [10.96.0.10, 'fd00:96::10']
+ipFamilies: [IPv4, IPv6]
+";
+    for mode in backends() {
+        let topo = Topology::new(NodeForwarding::Off);
+        let _s4 = TcpServer::start(&topo.backend.name, sa(addr::BACKEND4, 30080));
+        let _s6 = TcpServer::start(&topo.backend.name, sa(addr::BACKEND6, 30080));
+        let opts = AgentOpts {
+            host_ips: vec![addr::BACKEND4.into(), addr::BACKEND6.into()],
+            ..AgentOpts::pod(mode)
+        };
+        let mut agent = AgentProc::start_in(&topo.node, spec_dir(spec, None), &opts);
+        agent.wait_ready(T).expect("ready");
+        for (node, client) in [(addr::NODE4, addr::CLIENT4), (addr::NODE6, addr::CLIENT6)] {
+            eventually(T, || {
+                tcp_whoami(&topo.client.name, Some(ip(client)), sa(node, 80), SHORT)
+            })
+            .unwrap_or_else(|e| panic!("{mode} {node}: {e}\n{}", agent.log_text()));
+        }
+        let want = expected(
+            spec,
+            &context(
+                &[addr::NODE4, addr::NODE6],
+                &[addr::BACKEND4, addr::BACKEND6],
+                None,
+            ),
+        );
+        assert_eq!(installed(&topo.node.name, mode), want);
+    }
+}
+
+/// Host mode Cluster with several endpoints: connections are spread over all of them.
+#[test]
+fn host_mode_spreads_connections_over_every_endpoint() {
+    if skip("host_mode_spreads_connections_over_every_endpoint") {
+        return;
+    }
+    let spec = "pool: p
+dataplane: Host
+ports: [{name: http, protocol: TCP, port: 80, hostPort: 80}]
+clusterIPs: [10.96.0.10]
+ipFamilies: [IPv4]
+";
+    let eps = "addressType: IPv4
+metadata: {name: a}
+endpoints:
+- {addresses: [10.71.2.2], nodeName: node-a}
+- {addresses: [10.71.2.3], nodeName: node-b}
+- {addresses: [10.71.2.4], nodeName: node-c}
+ports: [{name: http, port: 8080, protocol: TCP}]
+";
+    for mode in backends() {
+        let topo = Topology::new(NodeForwarding::On);
+        for extra in ["10.71.2.3/24", "10.71.2.4/24"] {
+            topo.backend.ip(&["addr", "add", extra, "dev", "b0"]);
+        }
+        // One server on the wildcard address; the address the client reached is the
+        // connection's local address on the backend.
+        let listener = in_netns(&topo.backend.name, || {
+            std::net::TcpListener::bind("0.0.0.0:8080").expect("bind")
+        });
+        listener.set_nonblocking(true).expect("nonblocking");
+        let mut agent = AgentProc::start_in(
+            &topo.node,
+            spec_dir(spec, Some(eps)),
+            &AgentOpts::host(mode),
+        );
+        agent.wait_ready(T).expect("ready");
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..60 {
+            let dst = sa(addr::NODE4, 80);
+            let stream = in_netns(&topo.client.name, move || {
+                std::net::TcpStream::connect_timeout(&dst, SHORT)
+            });
+            assert!(stream.is_ok(), "{mode}: {stream:?}");
+            let accepted = eventually(T, || {
+                listener.accept().map(|(c, _)| c).map_err(|e| e.to_string())
+            })
+            .expect("accepted");
+            let local = accepted.local_addr().expect("local").ip().to_string();
+            *seen.entry(local).or_default() += 1;
+        }
+        assert_eq!(
+            seen.len(),
+            3,
+            "{mode}: every endpoint gets connections: {seen:?}"
+        );
+        assert!(
+            seen.values().all(|n| *n >= 5),
+            "{mode}: roughly even: {seen:?}"
+        );
+        println!("iptables-{mode}: 60 connections spread as {seen:?}");
+    }
+}
