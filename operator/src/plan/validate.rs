@@ -68,6 +68,37 @@ fn family_of(ip: &IpAddr) -> IpFamily {
     }
 }
 
+/// A DNS-1123 label (what Kubernetes requires of Service port names): 1-63 lower-case letters,
+/// digits and `-`, starting and ending with a letter or digit.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether traffic can be forwarded to `ip` (the node agent's rule for cluster IPs).
+fn is_forwardable(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.is_link_local())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.is_unicast_link_local()
+                || a.to_ipv4_mapped().is_some())
+        }
+    }
+}
+
 /// Validates `svc` and returns its shape, or a message saying what is wrong.
 pub fn shape(svc: &Service) -> Result<ServiceShape, String> {
     let spec = svc.spec.as_ref().ok_or("the Service has no spec")?;
@@ -89,10 +120,13 @@ pub fn shape(svc: &Service) -> Result<ServiceShape, String> {
     let mut ports = Vec::with_capacity(svc_ports.len());
     let mut seen = BTreeSet::new();
     for (i, p) in svc_ports.iter().enumerate() {
-        let what = if p.name.as_deref().unwrap_or_default().is_empty() {
+        let raw_name = p.name.as_deref().unwrap_or_default();
+        // Name the port by its name only when that is short and printable; hostile names (1 MiB,
+        // control characters) are named by position.
+        let what = if raw_name.is_empty() || !is_dns_label(raw_name) {
             format!("port #{}", i + 1)
         } else {
-            format!("port {:?}", p.name.as_deref().unwrap_or_default())
+            format!("port {raw_name:?}")
         };
         let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Protocol::TCP,
@@ -128,6 +162,13 @@ pub fn shape(svc: &Service) -> Result<ServiceShape, String> {
         if name.len() > 63 {
             return Err(format!("{what}: name is longer than 63 characters"));
         }
+        // The API server allows only DNS labels; the node agent refuses anything else (the name
+        // reaches its rule comments), so a DaemonSet for such a Service could never forward.
+        if !name.is_empty() && !is_dns_label(&name) {
+            return Err(format!(
+                "{what}: name {name:?} is not a DNS label (lower-case letters, digits and '-')"
+            ));
+        }
         ports.push(LoadBalancerPort {
             name,
             protocol,
@@ -155,6 +196,13 @@ pub fn shape(svc: &Service) -> Result<ServiceShape, String> {
         let ip: IpAddr = raw
             .parse()
             .map_err(|_| format!("cluster IP {raw:?} is not an IP address"))?;
+        // Addresses the node agent cannot forward to (it refuses them, so agents would only
+        // report an invalid spec); the API server never assigns them from a service CIDR.
+        if !is_forwardable(&ip) {
+            return Err(format!(
+                "cluster IP {ip} cannot be forwarded to (unspecified, loopback, multicast, broadcast or link-local)"
+            ));
+        }
         let fam = family_of(&ip);
         if ip_families.contains(&fam) {
             return Err(format!("two cluster IPs of family {}", fam.as_str()));
