@@ -224,7 +224,8 @@ impl Operator {
                 MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
                 _ => 0.0,
             })
-            .sum()
+            // A fold from +0.0: `sum` of no samples is -0.0, which prints as "-0".
+            .fold(0.0, |total, v| total + v)
     }
 
     /// Every metric in the Prometheus text format.
