@@ -393,19 +393,23 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
     // 4. Refusals. The admission policy is loaded asynchronously: wait (bounded) until a dry-run
     //    forgery is denied, so nothing forged is ever stored.
     let forged_b = json!({ "nodes": [agent_entry("node-b", generation, false, "198.51.100.66")] });
-    let denied = wait::eventually("the admission policy to deny a (dry-run) forged node-b entry", ACT, || async {
-        refused(
-            &apply_status(
-                &agent_a,
-                &shop,
-                "web",
-                "portway-agent/node-b",
-                forged_b.clone(),
-                true,
+    let denied = wait::eventually(
+        "the admission policy to deny a (dry-run) forged node-b entry",
+        ACT,
+        || async {
+            refused(
+                &apply_status(
+                    &agent_a,
+                    &shop,
+                    "web",
+                    "portway-agent/node-b",
+                    forged_b.clone(),
+                    true,
+                )
+                .await,
             )
-            .await,
-        )
-    })
+        },
+    )
     .await
     .expect("policy enforced");
     assert!(
