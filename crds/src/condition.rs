@@ -32,6 +32,11 @@ pub mod types {
     pub const ENDPOINTS_READY: &str = "EndpointsReady";
     /// ClusterCIDR: Nodes this ClusterCIDR selects hold pod CIDRs that no ClusterCIDR contains.
     pub const FOREIGN_POD_CIDRS: &str = "ForeignPodCIDRs";
+    /// Service (on the Service's own `status.conditions`, written by the operator): whether
+    /// Portway serves this LoadBalancer Service and, when not, why. Domain-prefixed, as
+    /// Kubernetes asks of conditions written on objects another API group owns, so it never
+    /// collides with a condition of the Service's other controllers.
+    pub const SERVICE_LOAD_BALANCER: &str = "portway.dev/LoadBalancer";
 }
 
 /// Condition reasons (PascalCase, one word each).
@@ -55,6 +60,11 @@ pub mod reasons {
     /// Service's families.
     pub const NO_NODE_ADDRESSES: &str = "NoNodeAddresses";
     pub const INVALID_SERVICE: &str = "InvalidService";
+    // Service (`portway.dev/LoadBalancer`; the other reasons are the ServiceLoadBalancer's)
+    /// Addresses are published in `status.loadBalancer.ingress`.
+    pub const SERVING: &str = "Serving";
+    /// Another Service holds one of this Service's ports on every eligible node.
+    pub const PORT_CONFLICT: &str = "PortConflict";
     // Node agent
     pub const RULES_APPLIED: &str = "RulesApplied";
     pub const NO_ENDPOINTS: &str = "NoEndpoints";
@@ -196,6 +206,72 @@ mod tests {
         ));
         assert_eq!(list[0].last_transition_time, t(20));
         assert_eq!(list[0].status, status::FALSE);
+    }
+
+    /// What the API server requires of `metav1.Condition` type and reason (apimachinery's
+    /// `ValidateConditions`), checked for every constant: a bad one would make every status write
+    /// of a Service fail.
+    #[test]
+    fn types_and_reasons_are_valid_condition_strings() {
+        fn name_part(s: &str) -> bool {
+            let b = s.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        }
+        fn qualified(s: &str) -> bool {
+            match s.split_once('/') {
+                Some((prefix, name)) => {
+                    !prefix.is_empty()
+                        && prefix.len() <= 253
+                        && prefix.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.bytes().all(|c| {
+                                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
+                                })
+                        })
+                        && name_part(name)
+                }
+                None => name_part(s),
+            }
+        }
+        fn reason(s: &str) -> bool {
+            let b = s.as_bytes();
+            !b.is_empty()
+                && b.len() <= 1024
+                && b[0].is_ascii_alphabetic()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b',' | b':'))
+        }
+        for t in [
+            types::READY,
+            types::NO_NODES,
+            types::FORWARDING,
+            types::PORT_CONFLICT,
+            types::POOL_SELECTED,
+            types::ENDPOINTS_READY,
+            types::SERVICE_LOAD_BALANCER,
+        ] {
+            assert!(qualified(t), "{t}");
+        }
+        assert!(!qualified("portway.dev/"), "the check can fail");
+        for r in [
+            reasons::NO_MATCHING_POOL,
+            reasons::POOL_NOT_FOUND,
+            reasons::INVALID_SERVICE,
+            reasons::PORT_CONFLICT,
+            reasons::POOL_HAS_NO_NODES,
+            reasons::NO_READY_ENDPOINTS,
+            reasons::AGENTS_NOT_FORWARDING,
+            reasons::NO_NODE_ADDRESSES,
+            reasons::SERVING,
+        ] {
+            assert!(reason(r), "{r}");
+        }
+        assert!(!reason("Not-A-Reason"), "the check can fail");
     }
 
     #[test]
