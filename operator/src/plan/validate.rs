@@ -101,6 +101,23 @@ fn is_forwardable(ip: &IpAddr) -> bool {
 
 /// Validates `svc` and returns its shape, or a message saying what is wrong.
 pub fn shape(svc: &Service) -> Result<ServiceShape, String> {
+    // The API server guarantees both; `portway plan` input may break them, and the node agent
+    // refuses a Service it cannot name in its rule comments.
+    for (field, value) in [
+        ("name", svc.metadata.name.as_deref().unwrap_or_default()),
+        (
+            "namespace",
+            svc.metadata.namespace.as_deref().unwrap_or_default(),
+        ),
+    ] {
+        if !is_dns_label(value) {
+            let shown: String = value.chars().take(63).collect();
+            let more = if shown.len() < value.len() { "..." } else { "" };
+            return Err(format!(
+                "the Service {field} {shown:?}{more} is not a DNS label (lower-case letters, digits and '-', at most 63 characters)"
+            ));
+        }
+    }
     let spec = svc.spec.as_ref().ok_or("the Service has no spec")?;
     let svc_ports = spec.ports.as_deref().unwrap_or(&[]);
     if svc_ports.is_empty() {
