@@ -592,7 +592,7 @@ fn describe(plans: &[&plan::ServicePlan]) -> String {
 }
 
 /// Two Nodes whose planned (or kept) pod CIDRs overlap, where at least one was allocated now.
-fn overlapping(plan: &CidrPlan) -> Option<String> {
+pub fn overlapping(plan: &CidrPlan) -> Option<String> {
     let blocks: Vec<(&str, IpNet, bool)> = plan
         .nodes
         .iter()

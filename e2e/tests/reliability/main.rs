@@ -3,6 +3,9 @@
 //! - `bad_input`: the hostile corpus (`corpus`, `e2e/testdata/hostile/` plus generated cases)
 //!   through the input reader, the operator's core and the agent's rule builder:
 //!   `bad-input: N tried, N rejected, 0 panics, 0 rules`.
+//! - `props`: fixed-budget fuzzing (proptest) of whole inputs through the same three paths, with
+//!   properties across components (determinism, the operator's output accepted by the agent, no
+//!   overlapping pod CIDRs): `fuzz-props: N mutated inputs ...`.
 //!
 //! The agent-fault group lives in `node-agent/tests/agent_faults.rs` (`agent-faults: ...`, real
 //! network namespaces, root) and the operator-fault group in `operator/tests/servicelb_mock.rs`
@@ -10,3 +13,4 @@
 
 mod bad_input;
 mod corpus;
+mod props;
