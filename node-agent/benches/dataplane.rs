@@ -9,13 +9,15 @@
 //!
 //! - P1: TCP bulk throughput client -> backend through the agent's forwarding (pod mode: DNAT +
 //!   masquerade in the middle netns) divided by the direct routed path through the same
-//!   namespaces, measured alternately while the agent runs (so both paths pay for conntrack).
+//!   namespaces, while the agent runs (so both paths pay for conntrack): two long-lived
+//!   connections, one per path, take turns in 120 adjacent 0.1 s slices; median of the per-pair
+//!   ratios.
 //! - P2: time to install 1000 port rules with one `iptables` process per rule, klipper-lb's way
 //!   (driven through the `iptables` crate, which works exactly like that), divided by the time
-//!   of the agent's batch apply of a 1000-port rule set (which writes about three times as many
-//!   rules: entry, DNAT and masquerade per port), same iptables variant, same netns.
+//!   of the agent's batch apply of a 1000-port rule set (dump, diff, one `iptables-restore`),
+//!   same iptables variant, same netns; median of five back-to-back pairs.
 //! - P3: from spawning `portway-agent run` (local mode, 50 TCP ports, default `--iptables auto`)
-//!   to all 50 host ports forwarding, observed by a client connecting to each port.
+//!   to all 50 host ports forwarding, observed by a client connecting to each port; median of 9.
 //!
 //! Needs root (network namespaces, iptables); prints a skip line otherwise.
 
@@ -195,12 +197,9 @@ fn thousand_ports() -> RuleSet {
     }
 }
 
-fn p2() -> Result<f64, String> {
-    let variant = system_variant();
-    let ns = Netns::new(&format!("{}p2", unique_tag()));
-    let name = ns.name.clone();
-    // Baseline: klipper-style, one `iptables` process per rule, through the iptables crate.
-    let baseline = in_netns(&name, || -> Result<Duration, String> {
+/// Baseline: klipper-style, one `iptables` process per rule, through the iptables crate.
+fn klipper_style(name: &str) -> Result<Duration, String> {
+    in_netns(name, || -> Result<Duration, String> {
         let ipt = iptables::new(false).map_err(|e| e.to_string())?;
         ipt.new_chain("nat", "PWA-KLIPPER")
             .map_err(|e| e.to_string())?;
@@ -229,14 +228,12 @@ fn p2() -> Result<f64, String> {
         ipt.delete_chain("nat", "PWA-KLIPPER")
             .map_err(|e| e.to_string())?;
         Ok(took)
-    })?;
-    // Subject: the agent's batch apply of 1000 ports, three times from a clean netns.
-    let mode = if variant == "legacy" {
-        Mode::Legacy
-    } else {
-        Mode::Nft
-    };
-    let runs = in_netns(&name, move || -> Result<(Vec<Duration>, usize), String> {
+    })
+}
+
+/// Subject: the agent's batch apply of 1000 ports onto a clean netns (then removed again).
+fn agent_batch(name: &str, mode: Mode) -> Result<(Duration, usize), String> {
+    in_netns(name, move || -> Result<(Duration, usize), String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -250,29 +247,48 @@ fn p2() -> Result<f64, String> {
                 retry: RetryPolicy::default(),
             });
             let rules = thousand_ports();
-            let mut times = Vec::new();
-            let mut installed = 0;
-            for _ in 0..3 {
-                let start = Instant::now();
-                let report = dp.apply(&rules).await.map_err(|e| e.to_string())?;
-                times.push(start.elapsed());
-                installed = report.rules_installed();
-                if !report.changed() {
-                    return Err("the batch apply wrote nothing".into());
-                }
-                dp.cleanup().await.map_err(|e| e.to_string())?;
+            let start = Instant::now();
+            let report = dp.apply(&rules).await.map_err(|e| e.to_string())?;
+            let took = start.elapsed();
+            if !report.changed() {
+                return Err("the batch apply wrote nothing".into());
             }
-            Ok((times, installed))
+            dp.cleanup().await.map_err(|e| e.to_string())?;
+            Ok((took, report.rules_installed()))
         })
-    })?;
-    let (times, installed) = runs;
-    let subject = median(times.iter().map(Duration::as_secs_f64).collect());
+    })
+}
+
+fn p2() -> Result<f64, String> {
+    let variant = system_variant();
+    let ns = Netns::new(&format!("{}p2", unique_tag()));
+    let mode = if variant == "legacy" {
+        Mode::Legacy
+    } else {
+        Mode::Nft
+    };
+    // Five interleaved pairs (machine load drifts; each pair is measured back to back); the
+    // figure is the median of the per-pair ratios.
+    let (mut base, mut subject, mut ratios, mut installed) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
+    for _ in 0..5 {
+        let b = klipper_style(&ns.name)?.as_secs_f64();
+        let (s, n) = agent_batch(&ns.name, mode)?;
+        installed = n;
+        base.push(b);
+        subject.push(s.as_secs_f64());
+        ratios.push(b / s.as_secs_f64());
+    }
     println!(
-        "  P2 detail: 1000 rules one process each: {:.0} ms; agent batch of 1000 ports ({installed} rules, one iptables-save + one iptables-restore): {:.1} ms (median of 3); iptables-{variant}",
-        baseline.as_secs_f64() * 1e3,
-        subject * 1e3
+        "  P2 detail: 1000 rules one process each: median {:.0} ms; agent batch of 1000 ports ({installed} rules, one iptables-save + one iptables-restore): median {:.1} ms; per-pair ratios {:?}; iptables-{variant}",
+        median(base) * 1e3,
+        median(subject.clone()) * 1e3,
+        ratios
+            .iter()
+            .map(|r| (r * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
     );
-    Ok(baseline.as_secs_f64() / subject)
+    Ok(median(ratios))
 }
 
 // ---------------------------------------------------------------- P3
@@ -374,9 +390,11 @@ fn p3(mode: &str) -> Result<f64, String> {
     let mut auto = Vec::new();
     let mut explicit = Vec::new();
     let flag = format!("--iptables={mode}");
-    for _ in 0..5 {
+    for round in 0..9 {
         auto.push(p3_once(&topo, &dir, &[])?);
-        explicit.push(p3_once(&topo, &dir, &[flag.as_str()])?);
+        if round % 2 == 0 {
+            explicit.push(p3_once(&topo, &dir, &[flag.as_str()])?);
+        }
     }
     let runs: Vec<String> = auto.iter().map(|v| format!("{v:.1}")).collect();
     println!(
