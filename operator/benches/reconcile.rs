@@ -101,7 +101,8 @@ fn converged(observed: &Observed) -> Cluster {
                 ingress: Some(plan.ingress.as_ref().clone())
                     .filter(|i: &Vec<LoadBalancerIngress>| !i.is_empty()),
             }),
-            ..Default::default()
+            // Portway's own condition on the Service, as the operator wrote it.
+            conditions: plan.service_condition.clone().map(|c| vec![c]),
         });
         services.push(s);
         if let Some(slb) = &plan.service_load_balancer {

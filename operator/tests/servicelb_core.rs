@@ -963,3 +963,305 @@ fn not_ready_and_excluded_nodes_are_not_published() {
     let all = d.pools.iter().find(|p| p.name == "all").expect("pool");
     assert_eq!(all.status.nodes, 2, "the excluded node is not in the pool");
 }
+
+/// (status, reason) of the Service's own `portway.dev/LoadBalancer` condition.
+fn service_condition(p: &ServicePlan) -> Option<(String, String, String)> {
+    p.service_condition.as_ref().map(|c| {
+        assert_eq!(c.type_, types::SERVICE_LOAD_BALANCER);
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    })
+}
+
+#[test]
+fn every_portway_service_gets_a_condition_on_the_service_that_says_what_to_fix() {
+    let all = || pool("all", &[("role", "worker")], 0);
+    // (case, services, pools, slices, forwarding, service, status, reason, message fragment)
+    type Row = (
+        &'static str,
+        Vec<Service>,
+        Vec<LoadBalancerPool>,
+        Vec<EndpointSlice>,
+        Vec<(&'static str, &'static [&'static str])>,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "serving",
+            vec![service("ns", "web", &["TCP/80"], 1)],
+            vec![all()],
+            vec![],
+            vec![("ns/web", &["w1"])],
+            "ns/web",
+            "True",
+            reasons::SERVING,
+            "published 203.0.113.1 on 1 of 3 usable nodes (LoadBalancerPool all)",
+        ),
+        (
+            "no pool matches",
+            vec![label(service("ns", "web", &["TCP/80"], 1), "tier", "db")],
+            vec![pool_with(
+                all(),
+                json!({"serviceSelector": {"matchLabels": {"tier": "web"}}}),
+            )],
+            vec![],
+            vec![],
+            "ns/web",
+            "False",
+            reasons::NO_MATCHING_POOL,
+            "portway.dev/pool annotation",
+        ),
+        (
+            "annotated pool missing",
+            vec![annotate(
+                service("ns", "web", &["TCP/80"], 1),
+                "portway.dev/pool",
+                "gone",
+            )],
+            vec![all()],
+            vec![],
+            vec![],
+            "ns/web",
+            "False",
+            reasons::POOL_NOT_FOUND,
+            "LoadBalancerPool \"gone\", which does not exist: create that pool or correct the annotation",
+        ),
+        (
+            "unsupported protocol",
+            vec![{
+                let mut s = service("ns", "web", &["TCP/80"], 1);
+                s.spec
+                    .as_mut()
+                    .expect("spec")
+                    .ports
+                    .as_mut()
+                    .expect("ports")[0]
+                    .protocol = Some("ICMP".into());
+                s
+            }],
+            vec![all()],
+            vec![],
+            vec![],
+            "ns/web",
+            "False",
+            reasons::INVALID_SERVICE,
+            "protocol \"ICMP\" is not supported (TCP, UDP or SCTP); fix the Service's spec",
+        ),
+        (
+            "no ports",
+            vec![{
+                let mut s = service("ns", "web", &["TCP/80"], 1);
+                s.spec.as_mut().expect("spec").ports = Some(vec![]);
+                s
+            }],
+            vec![all()],
+            vec![],
+            vec![],
+            "ns/web",
+            "False",
+            reasons::INVALID_SERVICE,
+            "the Service has no ports",
+        ),
+        (
+            "port held by an older Service",
+            vec![
+                service("ns", "old", &["TCP/80"], 1),
+                service("ns", "new", &["TCP/80"], 2),
+            ],
+            vec![all()],
+            vec![],
+            vec![("ns/old", &["w1"])],
+            "ns/new",
+            "False",
+            reasons::PORT_CONFLICT,
+            "TCP/80 is held by Service ns/old on 3 of 3 eligible nodes. Change this Service's port",
+        ),
+        (
+            "pool selects no node",
+            vec![service("ns", "web", &["TCP/80"], 1)],
+            vec![pool("gpu", &[("gpu", "yes")], 0)],
+            vec![],
+            vec![],
+            "ns/web",
+            "False",
+            reasons::POOL_HAS_NO_NODES,
+            "LoadBalancerPool gpu selects no Node: label Nodes to match its nodeSelector",
+        ),
+        (
+            "Local without endpoints",
+            vec![local(service("ns", "web", &["TCP/80"], 1))],
+            vec![all()],
+            vec![slice("ns", "web", &[("w1", false)])],
+            vec![("ns/web", &["w1"])],
+            "ns/web",
+            "False",
+            reasons::NO_READY_ENDPOINTS,
+            "run a ready backend Pod on a node of LoadBalancerPool all",
+        ),
+        (
+            "agents not forwarding yet",
+            vec![service("ns", "web", &["TCP/80"], 1)],
+            vec![all()],
+            vec![],
+            vec![],
+            "ns/web",
+            "False",
+            reasons::AGENTS_NOT_FORWARDING,
+            "details: kubectl get serviceloadbalancer -n ns web",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (case, services, pools, slices, forwarding, svc, status, reason, fragment) in &rows {
+        let d = converge(
+            services.clone(),
+            workers(),
+            pools.clone(),
+            slices.clone(),
+            forwarding,
+        );
+        match service_condition(find(&d, svc)) {
+            Some((s, r, m)) if s == *status && r == *reason && m.contains(fragment) => {}
+            other => failures.push(format!(
+                "{case}: got {other:?}, want ({status}, {reason}, …{fragment}…)"
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    println!("service conditions: {} states checked", rows.len());
+}
+
+#[test]
+fn service_condition_keeps_its_transition_time_and_goes_with_the_service() {
+    // Unplaced at t(1000): NoMatchingPool.
+    let svc = service("ns", "web", &["TCP/80"], 1);
+    let observed = |svc: Service, pools: Vec<LoadBalancerPool>| Observed {
+        services: arcs(vec![svc]),
+        nodes: arcs(workers()),
+        pools: arcs(pools),
+        ..Default::default()
+    };
+    let first = desired_state(&observed(svc.clone(), vec![]), &config());
+    let cond = find(&first, "ns/web")
+        .service_condition
+        .clone()
+        .expect("condition");
+    assert_eq!(
+        (cond.status.as_str(), cond.last_transition_time.clone()),
+        ("False", t(1000))
+    );
+
+    // Stored on the Service, next to another controller's condition; later, same problem with a
+    // new message: the time stays (same status).
+    let foreign = condition::new("example.com/Other", true, "Fine", "m", None, &t(5));
+    let mut stored = svc.clone();
+    stored.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+        conditions: Some(vec![foreign.clone(), cond.clone()]),
+        ..Default::default()
+    });
+    let mut later = config();
+    later.now = t(2000);
+    let gpu = pool("gpu", &[("gpu", "yes")], 0);
+    let d = desired_state(&observed(stored.clone(), vec![gpu]), &later);
+    let c = find(&d, "ns/web")
+        .service_condition
+        .clone()
+        .expect("condition");
+    assert_eq!(c.reason, reasons::POOL_HAS_NO_NODES);
+    assert_eq!(c.last_transition_time, t(1000), "status did not flip");
+    assert_ne!(c, foreign, "only Portway's own type is planned");
+
+    // Placed and serving: the status flips, the time moves.
+    let mut placed = finalized(stored.clone());
+    placed.metadata.uid = Some("uid-ns-web".into());
+    let mut o = observed(placed.clone(), vec![pool("all", &[], 0)]);
+    let first = desired_state(&o, &later);
+    let slb = find(&first, "ns/web")
+        .service_load_balancer
+        .clone()
+        .expect("slb");
+    o.service_load_balancers = arcs(vec![reported(&slb, &["w1"])]);
+    let d = desired_state(&o, &later);
+    let c = find(&d, "ns/web")
+        .service_condition
+        .clone()
+        .expect("condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Serving"));
+    assert_eq!(c.last_transition_time, t(2000));
+
+    // No longer a LoadBalancer: Portway's condition goes (None = withdraw).
+    placed.spec.as_mut().expect("spec").type_ = Some("ClusterIP".into());
+    let d = desired_state(&observed(placed.clone(), vec![pool("all", &[], 0)]), &later);
+    assert_eq!(find(&d, "ns/web").state, ServiceState::CleaningUp);
+    assert_eq!(find(&d, "ns/web").service_condition, None);
+}
+
+#[test]
+fn plan_prints_unplaced_services_with_their_condition() {
+    use portway_operator::cli::plan::{Args, Format, render};
+    let mut set = portway_operator::input::InputSet::default();
+    let yaml = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: w1, labels: {role: worker}}
+status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}
+---
+apiVersion: portway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: workers}
+spec: {nodeSelector: {matchLabels: {role: worker}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {type: LoadBalancer, clusterIP: 10.43.0.10, ports: [{name: http, port: 80, protocol: TCP}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lost, namespace: shop, annotations: {portway.dev/pool: nowhere}}
+spec: {type: LoadBalancer, clusterIP: 10.43.0.11, ports: [{name: http, port: 81, protocol: TCP}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: odd, namespace: shop}
+spec: {type: LoadBalancer, clusterIP: 10.43.0.12, ports: []}
+"#;
+    set.add_yaml("test.yaml", yaml).expect("yaml");
+    let args = |output| Args {
+        paths: vec![],
+        output,
+        servicelb: portway_operator::controllers::servicelb::ServiceLbArgs {
+            load_balancer_class: "portway.dev/servicelb".into(),
+            namespace: "portway-system".into(),
+            agent_image: "agent:test".into(),
+            agent_service_account: "portway-agent".into(),
+            agent_status_cluster_role: "portway-agent-status".into(),
+            agent_forwarding_sysctls: false,
+        },
+    };
+    let yaml_out = render(&set, &args(Format::Yaml), t(0));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&yaml_out).expect("plan prints YAML");
+    let status_of = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == name)
+            .map(|d| d["status"]["conditions"][0].clone())
+            .unwrap_or_else(|| panic!("no Service status for {name} in\n{yaml_out}"))
+    };
+    assert_eq!(status_of("web")["reason"], "Serving");
+    assert_eq!(status_of("web")["type"], "portway.dev/LoadBalancer");
+    assert_eq!(status_of("lost")["reason"], "PoolNotFound");
+    assert_eq!(status_of("lost")["status"], "False");
+    assert_eq!(status_of("odd")["reason"], "InvalidService");
+    let wide = render(&set, &args(Format::Wide), t(0));
+    for want in [
+        "shop/lost   no_pool",
+        "PoolNotFound",
+        "shop/odd    invalid",
+        "InvalidService",
+        "shop/lost: the portway.dev/pool annotation names LoadBalancerPool \"nowhere\", which does not exist: create that pool",
+    ] {
+        assert!(wide.contains(want), "no {want:?} in\n{wide}");
+    }
+}

@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service, ServiceStatus};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, store::Writer};
+use portway_crds::condition::{reasons, types};
 use portway_crds::{LoadBalancerPool, ServiceLoadBalancer};
 use portway_operator::controllers::servicelb::context::{Context, Stores};
 use portway_operator::controllers::servicelb::{ServiceLbArgs, reconcile, sweep, watch};
@@ -206,9 +208,7 @@ fn stored_after(before: &State, seen: &[Seen], svc: &Service) -> State {
         .rev()
         .find(|x| x.path == format!("{SVC}/status"))
     {
-        let mut status = svc.status.clone().unwrap_or_default();
-        status.load_balancer = Some(parse(st.body["status"]["loadBalancer"].clone()));
-        svc.status = Some(status);
+        svc.status = Some(applied_service_status(svc.status.clone(), &st.body));
     }
     s.services = vec![svc];
     if let Some(spec) = seen
@@ -273,6 +273,36 @@ fn stored_after(before: &State, seen: &[Seen], svc: &Service) -> State {
     s
 }
 
+/// The Service status after a server-side apply of `body` by Portway's field manager: the
+/// ingress and Portway's condition are what the body says (absent: removed, as SSA removes
+/// fields a manager stops sending); other managers' conditions stay.
+fn applied_service_status(old: Option<ServiceStatus>, body: &Value) -> ServiceStatus {
+    let mut status = old.unwrap_or_default();
+    status.load_balancer = Some(parse(
+        body["status"]
+            .get("loadBalancer")
+            .cloned()
+            .unwrap_or(json!({})),
+    ));
+    let mut conditions: Vec<Condition> = status
+        .conditions
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != types::SERVICE_LOAD_BALANCER)
+        .collect();
+    if let Some(ours) = body["status"]["conditions"].as_array() {
+        assert!(
+            ours.iter()
+                .all(|c| c["type"] == types::SERVICE_LOAD_BALANCER),
+            "Portway sends only its own condition type: {ours:?}"
+        );
+        conditions.extend(ours.iter().map(|c| parse::<Condition>(c.clone())));
+    }
+    status.conditions = Some(conditions).filter(|c| !c.is_empty());
+    status
+}
+
 fn with_forwarding(mut s: State, nodes: &[&str]) -> State {
     s.slbs = s.slbs.iter().map(|slb| reported(slb, nodes)).collect();
     s
@@ -299,6 +329,7 @@ async fn create_path_then_noop_resync_then_agents_forwarding() {
             format!("PATCH {SLB}"),
             format!("PATCH {DS}"),
             format!("PATCH {SLB}/status"),
+            format!("PATCH {SVC}/status"),
             format!("POST {EVENTS}"),
             format!("POST {EVENTS}"),
         ]
@@ -311,7 +342,7 @@ async fn create_path_then_noop_resync_then_agents_forwarding() {
         seen[0].body["metadata"]["resourceVersion"], "1",
         "finalizer patch is optimistic"
     );
-    for s in &seen[1..5] {
+    for s in &seen[1..6] {
         assert!(
             s.query.contains("fieldManager=servicelb.portway.dev")
                 && s.query.contains("force=true"),
@@ -335,11 +366,24 @@ async fn create_path_then_noop_resync_then_agents_forwarding() {
         "operator never writes status.nodes"
     );
     assert_eq!(slb_status["status"]["observedGeneration"], 1);
-    let reasons: Vec<&str> = seen[5..]
+    // Placed, not serving yet: the Service says so itself, and publishes no ingress.
+    let svc_status = &body_of(&seen, "PATCH", &format!("{SVC}/status"))["status"];
+    assert!(svc_status.get("loadBalancer").is_none(), "{svc_status}");
+    assert_eq!(
+        svc_status["conditions"],
+        json!([{
+            "type": "portway.dev/LoadBalancer",
+            "status": "False",
+            "reason": "AgentsNotForwarding",
+            "message": "waiting for node agents: 0 of 2 usable nodes report Forwarding=True (details: kubectl get serviceloadbalancer -n ns web)",
+            "lastTransitionTime": t(1000).0.to_string(),
+        }])
+    );
+    let event_reasons: Vec<&str> = seen[6..]
         .iter()
         .filter_map(|s| s.body["reason"].as_str())
         .collect();
-    assert_eq!(reasons, ["PoolMatched", "AgentsNotForwarding"]);
+    assert_eq!(event_reasons, ["PoolMatched", "AgentsNotForwarding"]);
     assert_eq!(
         body_of(&seen, "PATCH", SLB)["metadata"]["ownerReferences"][0]["uid"],
         "uid-ns-web"
@@ -371,9 +415,17 @@ async fn create_path_then_noop_resync_then_agents_forwarding() {
             format!("POST {EVENTS}")
         ]
     );
+    let svc_status = &body_of(&seen, "PATCH", &format!("{SVC}/status"))["status"];
     assert_eq!(
-        body_of(&seen, "PATCH", &format!("{SVC}/status"))["status"]["loadBalancer"]["ingress"],
+        svc_status["loadBalancer"]["ingress"],
         json!([{"ip": "203.0.113.1", "ipMode": "VIP"}])
+    );
+    assert_eq!(
+        (
+            &svc_status["conditions"][0]["status"],
+            &svc_status["conditions"][0]["reason"]
+        ),
+        (&json!("True"), &json!(reasons::SERVING))
     );
     assert_eq!(seen[2].body["reason"], "AgentsForwarding");
 
@@ -439,9 +491,9 @@ async fn deletion_with_finalizer_cleans_up_then_releases() {
         ]
     );
     assert_eq!(
-        seen[2].body["status"]["loadBalancer"],
+        seen[2].body["status"],
         json!({}),
-        "ingress released"
+        "ingress and Portway's condition withdrawn (SSA removes what the manager no longer sends)"
     );
     assert_eq!(
         seen[3].body["metadata"]["finalizers"],
@@ -805,4 +857,180 @@ async fn every_request_is_covered_by_the_permission_list() {
         .filter(|g| !used.contains(*g) && !implied(g))
         .collect();
     assert!(unused.is_empty(), "granted but never used: {unused:?}");
+}
+
+/// A Service Portway cannot place gets its reason on its own status (one write, one Event);
+/// a resync writes nothing; once a pool exists it is placed; when it moves to another class its
+/// condition is withdrawn (and nothing else is touched).
+#[tokio::test]
+async fn unplaced_service_gets_a_condition_then_nothing_then_is_placed_or_released() {
+    let mut svc = annotate(
+        service("ns", "web", &["TCP/80"], 1),
+        "portway.dev/pool",
+        "edge",
+    );
+    // Another controller's condition on the same Service: never sent, never lost.
+    let foreign = portway_crds::condition::new("example.com/Other", true, "Fine", "m", None, &t(5));
+    svc.status = Some(ServiceStatus {
+        conditions: Some(vec![foreign.clone()]),
+        ..Default::default()
+    });
+    let state = State {
+        services: vec![svc.clone()],
+        ..Default::default()
+    };
+    let mut w = world(&state);
+    w.reconcile(&svc).await.expect("reconcile");
+    let seen = w.fake.requests();
+    assert_eq!(
+        lines(&seen),
+        [format!("PATCH {SVC}/status"), format!("POST {EVENTS}")]
+    );
+    assert!(
+        seen[0].query.contains("fieldManager=servicelb.portway.dev")
+            && seen[0].query.contains("force=true"),
+        "{}",
+        seen[0].query
+    );
+    let status = &seen[0].body["status"];
+    assert_eq!(status["conditions"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        status["conditions"][0]["type"],
+        types::SERVICE_LOAD_BALANCER
+    );
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(status["conditions"][0]["reason"], reasons::POOL_NOT_FOUND);
+    assert!(status.get("loadBalancer").is_none());
+    assert_eq!(seen[1].body["reason"], reasons::POOL_NOT_FOUND);
+    assert_eq!(seen[1].body["type"], "Warning");
+
+    // Stored (next to the foreign condition): a resync writes nothing and repeats no Event.
+    let stored = stored_after(&state, &seen, &svc);
+    let conds = stored.services[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    assert_eq!(conds.len(), 2, "{conds:?}");
+    assert_eq!(conds[0], foreign);
+    w.set(&stored);
+    w.fake.clear();
+    let svc1 = stored.services[0].clone();
+    w.reconcile(&svc1).await.expect("resync");
+    w.reconcile(&svc1).await.expect("resync");
+    assert_eq!(lines(&w.fake.requests()), Vec::<String>::new());
+
+    // The pool appears: placed like any Service; its condition turns to AgentsNotForwarding
+    // (still False: the transition time stays).
+    let mut with_pool = stored.clone();
+    set_own_condition_time(&mut with_pool.services[0], t(500));
+    let svc1 = with_pool.services[0].clone();
+    with_pool.pools = Some(vec![
+        pool("all", &[("role", "worker")], 0),
+        pool("edge", &[("role", "worker")], 0),
+    ]);
+    let mut w = world(&with_pool);
+    w.reconcile(&svc1).await.expect("placed");
+    let seen = w.fake.requests();
+    assert_eq!(
+        lines(&seen)[..6],
+        [
+            format!("PATCH {SVC}"),
+            format!("PATCH {RB}"),
+            format!("PATCH {SLB}"),
+            format!("PATCH {DS}"),
+            format!("PATCH {SLB}/status"),
+            format!("PATCH {SVC}/status"),
+        ]
+    );
+    let c = &body_of(&seen, "PATCH", &format!("{SVC}/status"))["status"]["conditions"][0];
+    assert_eq!(c["reason"], reasons::AGENTS_NOT_FORWARDING);
+    assert_eq!(
+        c["lastTransitionTime"],
+        t(500).0.to_string(),
+        "still False: the transition time stays"
+    );
+
+    // Instead, it moves to another class while unplaced: only Portway's condition goes.
+    let mut other = svc1.clone();
+    other.spec.as_mut().expect("spec").load_balancer_class = Some("example.com/lb".into());
+    let mut moved = stored.clone();
+    moved.services = vec![other.clone()];
+    w.set(&moved);
+    w.fake.clear();
+    w.reconcile(&other).await.expect("released");
+    let seen = w.fake.requests();
+    assert_eq!(lines(&seen), [format!("PATCH {SVC}/status")]);
+    assert_eq!(
+        seen[0].body["status"],
+        json!({}),
+        "withdraws only what Portway owns"
+    );
+    let after = stored_after(&moved, &seen, &other);
+    assert_eq!(
+        after.services[0]
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone()),
+        Some(vec![foreign]),
+        "the other controller's condition stays"
+    );
+    w.set(&after);
+    w.fake.clear();
+    w.reconcile(&after.services[0]).await.expect("resync");
+    assert!(
+        w.fake.requests().is_empty(),
+        "{:?}",
+        lines(&w.fake.requests())
+    );
+}
+
+/// Sets the `lastTransitionTime` of Portway's condition on a stored Service.
+fn set_own_condition_time(
+    svc: &mut Service,
+    time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) {
+    for c in svc
+        .status
+        .as_mut()
+        .and_then(|s| s.conditions.as_mut())
+        .into_iter()
+        .flatten()
+    {
+        if c.type_ == types::SERVICE_LOAD_BALANCER {
+            c.last_transition_time = time.clone();
+        }
+    }
+}
+
+/// The condition follows the Service through deletion of its pool (placed -> unplaced with the
+/// finalizer still on): DaemonSet and ServiceLoadBalancer go, the ingress is withdrawn, the
+/// condition says NoMatchingPool, then the finalizer goes.
+#[tokio::test]
+async fn pool_deleted_under_a_served_service_leaves_the_reason_on_the_service() {
+    let mut state = served_state().await;
+    state.pools = Some(vec![]);
+    set_own_condition_time(&mut state.services[0], t(500));
+    let w = world(&state);
+    let svc = state.services[0].clone();
+    w.reconcile(&svc).await.expect("reconcile");
+    let seen = w.fake.requests();
+    assert_eq!(
+        lines(&seen)[..4],
+        [
+            format!("DELETE {DS}"),
+            format!("DELETE {SLB}"),
+            format!("PATCH {SVC}/status"),
+            format!("PATCH {SVC}"),
+        ]
+    );
+    let status = &seen[2].body["status"];
+    assert!(status.get("loadBalancer").is_none(), "ingress withdrawn");
+    assert_eq!(status["conditions"][0]["reason"], reasons::NO_MATCHING_POOL);
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(
+        status["conditions"][0]["lastTransitionTime"],
+        t(1000).0.to_string(),
+        "True -> False: the transition time moves"
+    );
 }

@@ -88,8 +88,12 @@ fn ingress_list(p: &plan::ServicePlan) -> String {
     }
 }
 
+/// Reason and message of the Service's `portway.dev/LoadBalancer` condition (else of the
+/// ServiceLoadBalancer's Ready condition).
 fn ready_reason(p: &plan::ServicePlan) -> (String, String) {
-    condition::find(&p.conditions, types::READY)
+    p.service_condition
+        .as_ref()
+        .or_else(|| condition::find(&p.conditions, types::READY))
         .map(|c| (c.reason.clone(), c.message.clone()))
         .unwrap_or_else(|| ("-".to_owned(), String::new()))
 }
@@ -134,11 +138,15 @@ fn render_yaml(
             out.push_str(&yaml(slb));
             let _ = writeln!(out, "---");
         }
+        let mut status = serde_json::json!({"loadBalancer": {"ingress": p.ingress.as_slice()}});
+        if let Some(c) = &p.service_condition {
+            status["conditions"] = serde_json::json!([c]);
+        }
         let status = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": p.service.name, "namespace": p.service.namespace},
-            "status": {"loadBalancer": {"ingress": p.ingress.as_slice()}},
+            "status": status,
         });
         let _ = writeln!(out, "# Service status written by the operator:");
         out.push_str(&yaml(&status));

@@ -221,6 +221,10 @@ pub struct ServicePlan {
     pub ingress: Arc<Vec<LoadBalancerIngress>>,
     /// The conditions (also in the ServiceLoadBalancer status when there is one).
     pub conditions: Vec<Condition>,
+    /// Portway's condition on the Service itself (`portway.dev/LoadBalancer`): why it is or is
+    /// not served, also for Services that have no ServiceLoadBalancer. `None`: not Portway's (any
+    /// such condition is withdrawn).
+    pub service_condition: Option<Condition>,
     /// Events to publish on the Service for what changed since the observed state.
     pub events: Vec<PlannedEvent>,
 }

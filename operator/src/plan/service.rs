@@ -122,6 +122,7 @@ pub fn plan_service_cached(
         daemonset: None,
         ingress: Arc::new(Vec::new()),
         conditions: Vec::new(),
+        service_condition: None,
         events: Vec::new(),
     };
     let unplaced = |plan: &mut ServicePlan, state, reason: &str, message: String| {
@@ -168,6 +169,7 @@ pub fn plan_service_cached(
             plan_placed(&mut plan, a, placed, assignment, slb, slices, config, cache)
         }
     }
+    plan.service_condition = conditions::service_condition(&plan, &a.service, &config.now);
     plan
 }
 

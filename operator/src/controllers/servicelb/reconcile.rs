@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Resource;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType as KubeEventType};
@@ -21,7 +22,9 @@ use super::context::Context;
 use super::error::Error;
 use super::{CONTROLLER, writes};
 use crate::plan::assign::{Placement, ServiceAssignment};
-use crate::plan::{self, EventType, FinalizerAction, Key, PlannedEvent, ServicePlan, names, rbac};
+use crate::plan::{
+    self, EventType, FinalizerAction, Key, PlannedEvent, ServicePlan, conditions, names, rbac,
+};
 
 fn has_finalizer(svc: &Service) -> bool {
     svc.metadata
@@ -78,8 +81,12 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
             let mut a = a.clone();
             a.has_finalizer = live_finalizer;
             if matches!(a.placement, Placement::Released) && !live_finalizer {
+                withdraw_condition(ctx, svc).await?;
                 return Ok(Action::await_change());
             }
+            // The cached assignment is only recomputed when what it reads changes, which
+            // excludes the status Portway writes: the core must see the live conditions.
+            a.service = Arc::new(svc.clone());
             a
         }
         None if live_finalizer => ServiceAssignment {
@@ -90,8 +97,10 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
             has_finalizer: true,
         },
         None => {
-            // Not ours (never was): make sure nothing of ours claims it.
+            // Not ours (any more: e.g. an unplaced Service that moved to another class or
+            // type): make sure nothing of ours claims it.
             ctx.forget(&key);
+            withdraw_condition(ctx, svc).await?;
             return Ok(Action::await_change());
         }
     };
@@ -128,7 +137,13 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
                 (None, None) => {}
             }
             writes::apply_slb_status(ctx, slb, live_slb.as_deref(), generation).await?;
-            writes::apply_ingress(ctx, svc, plan.ingress.as_slice()).await?;
+            writes::apply_service_status(
+                ctx,
+                svc,
+                plan.ingress.as_slice(),
+                plan.service_condition.as_ref(),
+            )
+            .await?;
             publish(ctx, svc, &plan, &plan.events).await;
         }
         FinalizerAction::Remove => {
@@ -138,6 +153,7 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
                 &a.daemonset_name,
                 live_ds.is_some(),
                 live_slb.is_some(),
+                plan.service_condition.as_ref(),
             )
             .await?;
             // Withdrawing the ingress moved the Service's resourceVersion: the optimistic
@@ -160,6 +176,7 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
                 &a.daemonset_name,
                 live_ds.is_some(),
                 live_slb.is_some(),
+                plan.service_condition.as_ref(),
             )
             .await?;
             publish_unplaced(ctx, svc, &plan).await;
@@ -169,13 +186,15 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
 }
 
 /// Removes what Portway made for a Service: its DaemonSet, its ServiceLoadBalancer and the
-/// ingress it published.
+/// ingress it published; leaves `condition` as Portway's condition on the Service (why it is not
+/// placed), or withdraws Portway's condition when `None` (no longer Portway's Service).
 async fn cleanup(
     ctx: &Context,
     svc: &Service,
     daemonset_name: &str,
     has_ds: bool,
     has_slb: bool,
+    condition: Option<&Condition>,
 ) -> Result<Option<String>, Error> {
     let key = Key::of(&svc.metadata);
     if has_ds {
@@ -185,7 +204,15 @@ async fn cleanup(
     if has_slb {
         writes::delete::<ServiceLoadBalancer>(ctx, &key, "serviceloadbalancers").await?;
     }
-    writes::apply_ingress(ctx, svc, &[]).await
+    writes::apply_service_status(ctx, svc, &[], condition).await
+}
+
+/// Withdraws Portway's condition from a Service that is not Portway's (if it has one).
+async fn withdraw_condition(ctx: &Context, svc: &Service) -> Result<(), Error> {
+    if !conditions::own_service_conditions(svc).is_empty() {
+        writes::apply_service_status(ctx, svc, &[], None).await?;
+    }
+    Ok(())
 }
 
 async fn publish_unplaced(ctx: &Context, svc: &Service, plan: &ServicePlan) {
@@ -209,7 +236,7 @@ async fn publish(ctx: &Context, svc: &Service, plan: &ServicePlan, events: &[Pla
                 EventType::Warning => KubeEventType::Warning,
             },
             reason: e.reason.clone(),
-            note: Some(truncate(&e.note, 1024)),
+            note: Some(conditions::truncate(&e.note, 1024)),
             action: e.action.clone(),
             secondary: None,
         };
@@ -218,15 +245,4 @@ async fn publish(ctx: &Context, svc: &Service, plan: &ServicePlan, events: &[Pla
             warn!(service = %plan.service, reason = %e.reason, "publishing Event failed: {err}");
         }
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource};
@@ -19,8 +20,8 @@ use super::FIELD_MANAGER;
 use super::context::Context;
 use super::diff;
 use super::error::{Error, is_not_found};
-use crate::plan::Key;
 use crate::plan::daemonset::DESIRED_HASH_ANNOTATION;
+use crate::plan::{Key, conditions};
 
 fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
@@ -228,41 +229,70 @@ where
     }
 }
 
-/// Writes `status.loadBalancer.ingress` of the Service when it differs. An empty list releases
-/// the field (server-side apply removes what the manager no longer sets). Returns the Service's
-/// new resourceVersion when it wrote (a later optimistic patch must carry it).
-pub async fn apply_ingress(
-    ctx: &Context,
+/// True when the Service's status already holds exactly what Portway wants there: the ingress
+/// list and Portway's own condition (compared without its timestamp).
+pub fn service_status_is(
     svc: &Service,
     ingress: &[LoadBalancerIngress],
-) -> Result<Option<String>, Error> {
-    let key = Key::of(&svc.metadata);
+    condition: Option<&Condition>,
+) -> bool {
     let live: &[LoadBalancerIngress] = svc
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|l| l.ingress.as_deref())
         .unwrap_or(&[]);
-    if live == ingress {
-        return Ok(None);
+    let live_condition = conditions::own_service_conditions(svc);
+    let wanted: &[Condition] = condition.map(std::slice::from_ref).unwrap_or(&[]);
+    live == ingress && condition::same_ignoring_time(live_condition, wanted)
+}
+
+/// The server-side apply body of the Service's status as Portway owns it: the ingress (when
+/// any) and Portway's condition (when any). What the body leaves out and Portway's field manager
+/// owned before (a withdrawn ingress, the condition of a Service that stopped being Portway's)
+/// is removed by the API server; other managers' fields, including their entries of the
+/// `conditions` list-map (keyed by type), are never touched.
+pub fn service_status_body(
+    key: &Key,
+    ingress: &[LoadBalancerIngress],
+    condition: Option<&Condition>,
+) -> serde_json::Value {
+    let mut status = serde_json::Map::new();
+    if !ingress.is_empty() {
+        status.insert("loadBalancer".into(), json!({ "ingress": ingress }));
     }
-    let load_balancer = if ingress.is_empty() {
-        json!({})
-    } else {
-        json!({"ingress": ingress})
-    };
-    let body = json!({
+    if let Some(c) = condition {
+        status.insert("conditions".into(), json!([c]));
+    }
+    json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": key.name, "namespace": key.namespace},
-        "status": {"loadBalancer": load_balancer},
-    });
+        "status": status,
+    })
+}
+
+/// Writes the Service's `status.loadBalancer.ingress` and Portway's `portway.dev/LoadBalancer`
+/// condition when either differs (server-side apply on the status subresource, one request for
+/// both). An empty ingress and no condition withdraw both. Returns the Service's new
+/// resourceVersion when it wrote (a later optimistic patch must carry it).
+pub async fn apply_service_status(
+    ctx: &Context,
+    svc: &Service,
+    ingress: &[LoadBalancerIngress],
+    condition: Option<&Condition>,
+) -> Result<Option<String>, Error> {
+    if service_status_is(svc, ingress, condition) {
+        return Ok(None);
+    }
+    let key = Key::of(&svc.metadata);
+    let body = service_status_body(&key, ingress, condition);
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
     ctx.metrics.write("services/status", "patch");
     let written = api
         .patch_status(&key.name, &apply_params(), &Patch::Apply(&body))
         .await
-        .map_err(|e| Error::kube("publish ingress of", format!("Service {key}"), e))?;
+        .map_err(|e| Error::kube("write the status of", format!("Service {key}"), e))?;
     Ok(written.metadata.resource_version)
 }
 
