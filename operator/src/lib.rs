@@ -2,6 +2,7 @@
 //! ones, and thin shells (`controllers`) that read from and write to the API server.
 
 pub mod cidr;
+pub mod cleanup;
 pub mod cli;
 pub mod controllers;
 #[doc(hidden)]

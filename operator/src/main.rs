@@ -19,5 +19,6 @@ fn main() -> ExitCode {
         Command::Plan(args) => portway_operator::cli::plan::main(&args),
         Command::Run(args) => portway_operator::cli::run::main(*args),
         Command::Migrate(args) => portway_operator::cli::migrate::main(args),
+        Command::Cleanup(args) => portway_operator::cli::cleanup::main(&args),
     }
 }

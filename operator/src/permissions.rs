@@ -100,6 +100,40 @@ pub const CLUSTERCIDR: &[Permission] = &[
     p("portway.dev", "clustercidrs/status", &["patch"]),
 ];
 
+/// `portway cleanup` (the chart's `pre-delete` hook, ClusterRole `portway-cleanup`), cluster-wide;
+/// keep equal to its calls (`crate::cleanup`):
+/// - Services: list (every namespace), `patch` of the finalizer (merge patch with
+///   resourceVersion), `get` to re-read one after a conflicting patch, `patch` of `status`
+///   (server-side apply withdrawing Portway's ingress and condition);
+/// - list and delete of the ServiceLoadBalancers and the agents' RoleBindings.
+pub const CLEANUP: &[Permission] = &[
+    p("", "services", &["list", "get", "patch"]),
+    p("", "services/status", &["patch"]),
+    p("portway.dev", "serviceloadbalancers", &["list", "delete"]),
+    p(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        &["list", "delete"],
+    ),
+];
+
+/// `portway cleanup` in the operator's namespace only (Role `portway-cleanup`): list and delete
+/// the node-agent DaemonSets, list pods (to wait until the operator's and the agents' are gone),
+/// and read and scale the operator's Deployment to 0 (only that one).
+pub const CLEANUP_IN_NAMESPACE: &[Permission] = &[
+    p("apps", "daemonsets", &["list", "delete"]),
+    p("", "pods", &["list"]),
+    Permission {
+        group: "apps",
+        resource: "deployments/scale",
+        verbs: &["get", "patch"],
+        resource_names: &[OPERATOR_DEPLOYMENT],
+    },
+];
+
+/// Name of the operator's Deployment (the chart's); `portway cleanup --stop-operator` scales it.
+pub const OPERATOR_DEPLOYMENT: &str = "portway-operator";
+
 /// Every permission of the operator.
 pub fn all() -> Vec<Permission> {
     COMMON

@@ -51,15 +51,23 @@ pub fn describe(p: &Permission, name: Option<&str>) -> String {
     s
 }
 
-/// Checks every verb of every permission; returns what is missing (empty: all granted).
+/// Checks every verb of every permission cluster-wide; returns what is missing (empty: all
+/// granted).
 pub async fn check(
     client: &Client,
     permissions: &[Permission],
 ) -> Result<Vec<Missing>, PreflightError> {
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    check_in(client, permissions, None).await
+}
+
+/// [`check`] in one namespace (`None`: cluster-wide), for permissions a Role grants there.
+pub async fn check_in(
+    client: &Client,
+    permissions: &[Permission],
+    namespace: Option<&str>,
+) -> Result<Vec<Missing>, PreflightError> {
     let mut missing = Vec::new();
     for p in permissions {
-        let (resource, sub) = p.resource.split_once('/').unwrap_or((p.resource, ""));
         let names: Vec<Option<&str>> = if p.resource_names.is_empty() {
             vec![None]
         } else {
@@ -67,29 +75,7 @@ pub async fn check(
         };
         for verb in p.verbs {
             for name in &names {
-                let review = SelfSubjectAccessReview {
-                    spec: SelfSubjectAccessReviewSpec {
-                        resource_attributes: Some(ResourceAttributes {
-                            group: Some(p.group.to_owned()),
-                            resource: Some(resource.to_owned()),
-                            subresource: (!sub.is_empty()).then(|| sub.to_owned()),
-                            verb: Some((*verb).to_owned()),
-                            name: name.map(str::to_owned),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                let what = format!("{verb} {}", describe(p, *name));
-                let answer =
-                    api.create(&PostParams::default(), &review)
-                        .await
-                        .map_err(|source| PreflightError::Review {
-                            what: what.clone(),
-                            source,
-                        })?;
-                if !answer.status.is_some_and(|s| s.allowed) {
+                if !allowed(client, p.group, p.resource, verb, *name, namespace).await? {
                     missing.push(Missing {
                         verb: (*verb).to_owned(),
                         resource: describe(p, *name),
@@ -99,4 +85,44 @@ pub async fn check(
         }
     }
     Ok(missing)
+}
+
+/// Asks whether this identity may `verb` the `resource` (or `resource/subresource`) of `group`,
+/// optionally only the object `name`, optionally in `namespace`.
+pub async fn allowed(
+    client: &Client,
+    group: &str,
+    resource: &str,
+    verb: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+) -> Result<bool, PreflightError> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let (res, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.to_owned()),
+                resource: Some(res.to_owned()),
+                subresource: (!sub.is_empty()).then(|| sub.to_owned()),
+                verb: Some(verb.to_owned()),
+                name: name.map(str::to_owned),
+                namespace: namespace.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = api
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|source| PreflightError::Review {
+            what: format!(
+                "{verb} {resource}.{group}{}",
+                namespace.map(|n| format!(" in {n}")).unwrap_or_default()
+            ),
+            source,
+        })?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
 }

@@ -1,6 +1,7 @@
-//! Command line of the `portway` binary: `crd`, `plan`, `run` (and `migrate`, see
-//! [`migrate`]). `main.rs` only parses and dispatches.
+//! Command line of the `portway` binary: `crd`, `plan`, `run`, `migrate` and `cleanup`.
+//! `main.rs` only parses and dispatches.
 
+pub mod cleanup;
 pub mod migrate;
 pub mod plan;
 pub mod run;
@@ -26,6 +27,10 @@ pub enum Command {
     Run(Box<run::Args>),
     /// Convert K3s ServiceLB labels and upstream ClusterCIDRs to Portway resources.
     Migrate(migrate::Args),
+    /// Remove everything the operator made (agent DaemonSets, whose agents remove their rules,
+    /// Service ingress, conditions and finalizers, ServiceLoadBalancers, agent RoleBindings);
+    /// the Helm chart runs it before `helm uninstall` deletes the release.
+    Cleanup(cleanup::Args),
 }
 
 #[cfg(test)]
@@ -55,5 +60,22 @@ mod tests {
         let cli =
             Cli::try_parse_from(["portway", "plan", "examples", "-o", "wide"]).expect("parses");
         assert!(matches!(cli.command, Command::Plan(a) if a.output == plan::Format::Wide));
+        let cli = Cli::try_parse_from([
+            "portway",
+            "cleanup",
+            "--namespace=ops",
+            "--stop-operator=portway-operator",
+            "--timeout-seconds=30",
+        ])
+        .expect("parses");
+        let Command::Cleanup(args) = cli.command else {
+            panic!("not cleanup");
+        };
+        let opts = args.options();
+        assert_eq!(opts.namespace, "ops");
+        assert_eq!(opts.stop_operator.as_deref(), Some("portway-operator"));
+        assert_eq!(opts.timeout.as_secs(), 30);
+        assert!(!opts.dry_run);
+        assert!(Cli::try_parse_from(["portway", "cleanup", "--timeout-seconds=0"]).is_err());
     }
 }

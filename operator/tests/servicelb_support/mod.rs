@@ -37,13 +37,17 @@ impl Seen {
     }
 }
 
-/// A planned fault: the next `times` requests whose `METHOD path` contains `needle` get `code`.
+/// A planned fault: the next `times` requests whose `METHOD path` contains `needle` (ends with
+/// it, when the needle ends with `$`) get `code`.
 #[derive(Clone, Debug)]
 pub struct Fault {
     pub needle: String,
     pub code: u16,
     pub times: usize,
 }
+
+/// A needle and the answers still to give for it.
+pub type Sequence = (String, VecDeque<(u16, Value)>);
 
 #[derive(Clone, Default)]
 pub struct Fake {
@@ -53,6 +57,9 @@ pub struct Fake {
     pub gets: Arc<Mutex<Vec<(String, u16, Value)>>>,
     /// Objects by path, as stored by applies (deep-merged) and seeded by tests.
     pub objects: Arc<Mutex<std::collections::HashMap<String, Value>>>,
+    /// Answers for GETs whose `path?query` contains the key, in turn (the last one repeats):
+    /// lists that change between polls.
+    pub sequences: Arc<Mutex<Vec<Sequence>>>,
 }
 
 /// JSON merge: objects recursively, everything else replaced.
@@ -119,6 +126,32 @@ impl Fake {
         self.objects.lock().unwrap().insert(path.to_owned(), object);
     }
 
+    /// Answers GETs whose `path?query` contains `needle` (every `*`-separated part of it) with
+    /// `answers` in turn; the last one repeats. Checked before [`Fake::on_get`] and seeded
+    /// objects.
+    pub fn on_get_seq(&self, needle: &str, answers: Vec<(u16, Value)>) {
+        self.sequences
+            .lock()
+            .unwrap()
+            .push((needle.into(), answers.into_iter().collect()));
+    }
+
+    fn sequence_answer(&self, seen: &Seen) -> Option<(u16, Value)> {
+        if seen.method != "GET" {
+            return None;
+        }
+        let target = format!("{}?{}", seen.path, seen.query);
+        let mut seqs = self.sequences.lock().unwrap();
+        let (_, answers) = seqs
+            .iter_mut()
+            .find(|(k, a)| !a.is_empty() && k.split('*').all(|part| target.contains(part)))?;
+        if answers.len() > 1 {
+            answers.pop_front()
+        } else {
+            answers.front().cloned()
+        }
+    }
+
     pub fn on_get(&self, needle: &str, code: u16, body: Value) {
         self.gets.lock().unwrap().push((needle.into(), code, body));
     }
@@ -127,10 +160,14 @@ impl Fake {
         let line = seen.line();
         {
             let mut faults = self.faults.lock().unwrap();
-            if let Some(f) = faults
-                .iter_mut()
-                .find(|f| f.times > 0 && line.contains(&f.needle))
-            {
+            if let Some(f) = faults.iter_mut().find(|f| {
+                f.times > 0
+                    && match f.needle.strip_suffix('$') {
+                        // `needle$`: the line ends with it (a path, not its subresources).
+                        Some(end) => line.ends_with(end),
+                        None => line.contains(&f.needle),
+                    }
+            }) {
                 f.times -= 1;
                 let code = f.code;
                 let reason = match code {
@@ -143,6 +180,9 @@ impl Fake {
                     status(code, reason, &format!("injected {code} for {line}")),
                 );
             }
+        }
+        if let Some(answer) = self.sequence_answer(seen) {
+            return answer;
         }
         match seen.method.as_str() {
             "GET"
