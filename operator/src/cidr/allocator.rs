@@ -9,7 +9,7 @@
 //! - adopt / release: O(p log n) plus the number of blocks they overlap (normally none).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Node;
 use portway_crds::{ClusterCIDR, NodeSelector};
 
 use super::block::{Block, Family};
+use super::few::Few;
 use super::intervals::IndexSet;
 use super::spec::{CidrSpec, FamilyRange};
 
@@ -168,7 +169,8 @@ pub enum Origin {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeRecord {
     pub uid: Option<String>,
-    pub cidrs: Vec<Assigned>,
+    /// In Node order; one per family for Nodes Portway allocated.
+    pub cidrs: Few<Assigned>,
     pub origin: Origin,
 }
 
@@ -198,7 +200,7 @@ impl NodeRecord {
 pub struct Allocation {
     pub cluster_cidr: Arc<str>,
     /// One block per family of the ClusterCIDR, IPv4 first.
-    pub blocks: Vec<Block>,
+    pub blocks: Few<Block>,
 }
 
 /// Why a Node gets no CIDR now.
@@ -317,16 +319,39 @@ pub struct Footprint {
     pub free_runs: usize,
 }
 
+/// Index of a Node in [`Allocator::names`].
+type NodeId = u32;
+
 /// Allocation state for a set of ClusterCIDRs.
 #[derive(Clone, Debug, Default)]
 pub struct Allocator {
-    pools: BTreeMap<Arc<str>, Pool>,
-    occupied: BTreeMap<Block, Vec<Arc<str>>>,
-    /// Count of distinct occupied blocks per prefix length, per family (to find containers).
-    prefixes: [BTreeMap<u8, usize>; 2],
-    nodes: HashMap<Arc<str>, NodeRecord>,
+    space: Space,
+    /// By name: ordered (deterministic iteration), and Nodes handled in name order (a plan, a
+    /// rebuild) append at the hot right edge of the tree instead of missing the cache at random
+    /// slots of a hash table.
+    nodes: BTreeMap<Arc<str>, (NodeId, NodeRecord)>,
+    /// Node names by id; the occupied index refers to Nodes by these small ids (no reference
+    /// counting per block).
+    names: Vec<Option<Arc<str>>>,
+    free_ids: Vec<NodeId>,
     foreign: BTreeMap<Arc<str>, Foreign>,
 }
+
+/// The address space: ClusterCIDRs with their free blocks, and every occupied block. Kept apart
+/// from the Node records so that an allocation can hold a map entry for the Node while it
+/// updates the space (one lookup of the Node per allocation).
+#[derive(Clone, Debug, Default)]
+struct Space {
+    pools: BTreeMap<Arc<str>, Pool>,
+    occupied: BTreeMap<Block, Holders>,
+    /// Count of distinct occupied blocks per prefix length, per family (to find containers).
+    prefixes: [BTreeMap<u8, usize>; 2],
+    /// Reused buffer of ranked candidates (no allocation per Node).
+    scratch: Vec<(RankKey, Arc<str>)>,
+}
+
+/// Sort key of a candidate: higher priority, more specific, fewer free, smaller host bits.
+type RankKey = (Reverse<i32>, Reverse<usize>, u128, (u8, u8));
 
 impl Allocator {
     /// An allocator for `cidrs` with nothing allocated. Objects without a name are ignored.
@@ -338,37 +363,40 @@ impl Allocator {
             .map(|p| (p.name.clone(), p))
             .collect();
         Allocator {
-            pools,
+            space: Space {
+                pools,
+                ..Space::default()
+            },
             ..Allocator::default()
         }
     }
 
     /// The ClusterCIDRs, by name.
     pub fn pools(&self) -> impl Iterator<Item = &Pool> {
-        self.pools.values()
+        self.space.pools.values()
     }
 
     /// One ClusterCIDR.
     pub fn pool(&self, name: &str) -> Option<&Pool> {
-        self.pools.get(name)
+        self.space.pools.get(name)
     }
 
     /// Pauses or resumes new allocations from a ClusterCIDR (e.g. until its finalizer is on).
     /// Invalid or terminating ClusterCIDRs never accept.
     pub fn set_accepting(&mut self, name: &str, accepting: bool) {
-        if let Some(p) = self.pools.get_mut(name) {
+        if let Some(p) = self.space.pools.get_mut(name) {
             p.accepting = accepting && p.spec.is_ok() && !p.terminating;
         }
     }
 
     /// The Node's record.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
-        self.nodes.get(name)
+        self.nodes.get(name).map(|(_, r)| r)
     }
 
     /// Every Node record.
     pub fn nodes(&self) -> impl Iterator<Item = (&str, &NodeRecord)> {
-        self.nodes.iter().map(|(k, v)| (&**k, v))
+        self.nodes.iter().map(|(k, (_, v))| (&**k, v))
     }
 
     /// Number of Nodes holding CIDRs.
@@ -385,8 +413,9 @@ impl Allocator {
     pub fn footprint(&self) -> Footprint {
         Footprint {
             nodes: self.nodes.len(),
-            occupied_blocks: self.occupied.len(),
+            occupied_blocks: self.space.occupied.len(),
             free_runs: self
+                .space
                 .pools
                 .values()
                 .flat_map(|p| p.free.iter().flatten())
@@ -397,7 +426,7 @@ impl Allocator {
 
     /// Usage of `family` of ClusterCIDR `name`.
     pub fn usage(&self, name: &str, family: Family) -> Option<FamilyUsage> {
-        let pool = self.pools.get(name)?;
+        let pool = self.space.pools.get(name)?;
         let range = *pool.spec.as_ref().ok()?.family(family)?;
         Some(FamilyUsage {
             range,
@@ -416,33 +445,15 @@ impl Allocator {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> (Vec<&Pool>, Vec<String>) {
-        let mut keyed = Vec::new();
         let mut not_accepting = Vec::new();
-        for pool in self.pools.values() {
-            let Ok(spec) = &pool.spec else {
-                if pool.selects_raw(name, labels) {
-                    not_accepting.push(pool.name.to_string());
-                }
-                continue;
-            };
-            let Some(specificity) = spec.selects(name, labels) else {
-                continue;
-            };
-            if !pool.accepting {
-                not_accepting.push(pool.name.to_string());
-                continue;
-            }
-            let key = (
-                Reverse(spec.priority),
-                Reverse(specificity),
-                pool.free_for_nodes(),
-                spec.host_bits_key(),
-                pool.name.clone(),
-            );
-            keyed.push((key, pool));
-        }
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        (keyed.into_iter().map(|(_, p)| p).collect(), not_accepting)
+        let mut ranked = Vec::new();
+        self.space
+            .rank_into(name, labels, &mut not_accepting, &mut ranked);
+        let pools = ranked
+            .iter()
+            .filter_map(|(_, n)| self.space.pools.get(n))
+            .collect();
+        (pools, not_accepting)
     }
 
     /// Gives the Node one block per family from the best candidate that has room in every
@@ -454,31 +465,52 @@ impl Allocator {
         labels: &BTreeMap<String, String>,
         uid: Option<&str>,
     ) -> Result<Allocation, Unavailable> {
-        if let Some(rec) = self.nodes.get(name) {
-            return Ok(Allocation {
-                cluster_cidr: rec.owner().cloned().unwrap_or_else(|| Arc::from("")),
-                blocks: rec.blocks(),
-            });
-        }
-        let (candidates, not_accepting) = self.candidates(name, labels);
-        if candidates.is_empty() {
-            return Err(Unavailable::NoMatch { not_accepting });
-        }
-        let names: Vec<Arc<str>> = candidates.iter().map(|p| p.name.clone()).collect();
+        // One lookup of the Node: the entry stays open while the space is updated.
+        let slot = match self.nodes.entry(Arc::from(name)) {
+            std::collections::btree_map::Entry::Occupied(e) => {
+                let (_, rec) = e.get();
+                return Ok(Allocation {
+                    cluster_cidr: rec.owner().cloned().unwrap_or_else(|| Arc::from("")),
+                    blocks: rec.cidrs.iter().map(|a| a.block).collect(),
+                });
+            }
+            std::collections::btree_map::Entry::Vacant(v) => v,
+        };
+        let mut not_accepting = Vec::new();
+        let mut ranked = std::mem::take(&mut self.space.scratch);
+        self.space
+            .rank_into(name, labels, &mut not_accepting, &mut ranked);
         let mut full = Vec::new();
-        for pool_name in names {
-            match self.pick(&pool_name) {
-                Ok(blocks) => {
-                    let node: Arc<str> = Arc::from(name);
-                    for b in &blocks {
-                        self.occupy(*b, &node);
+        let mut chosen = None;
+        for (_, pool_name) in ranked.drain(..) {
+            if chosen.is_some() {
+                continue;
+            }
+            match self.space.pick(&pool_name) {
+                Ok(blocks) => chosen = Some((pool_name, blocks)),
+                Err(full_ranges) => full.push((pool_name.to_string(), full_ranges)),
+            }
+        }
+        self.space.scratch = ranked;
+        match chosen {
+            None if full.is_empty() => Err(Unavailable::NoMatch { not_accepting }),
+            None => Err(Unavailable::Exhausted {
+                full,
+                not_accepting,
+            }),
+            Some((pool_name, blocks)) => {
+                let id = new_id(&mut self.names, &mut self.free_ids, slot.key());
+                for b in blocks.iter() {
+                    self.space.occupy(*b, id);
+                }
+                if let Some(pool) = self.space.pools.get_mut(&pool_name) {
+                    for b in blocks.iter() {
+                        pool.allocated[b.family.index()] += 1;
                     }
-                    if let Some(pool) = self.pools.get_mut(&pool_name) {
-                        for b in &blocks {
-                            pool.allocated[b.family.index()] += 1;
-                        }
-                    }
-                    let record = NodeRecord {
+                }
+                slot.insert((
+                    id,
+                    NodeRecord {
                         uid: uid.map(str::to_owned),
                         cidrs: blocks
                             .iter()
@@ -488,64 +520,14 @@ impl Allocator {
                             })
                             .collect(),
                         origin: Origin::Allocated,
-                    };
-                    self.nodes.insert(node, record);
-                    return Ok(Allocation {
-                        cluster_cidr: pool_name,
-                        blocks,
-                    });
-                }
-                Err(full_ranges) => full.push((pool_name.to_string(), full_ranges)),
+                    },
+                ));
+                Ok(Allocation {
+                    cluster_cidr: pool_name,
+                    blocks,
+                })
             }
         }
-        Err(Unavailable::Exhausted {
-            full,
-            not_accepting,
-        })
-    }
-
-    /// The lowest free block of every family of the pool, or the ranges that are full.
-    fn pick(&mut self, pool_name: &str) -> Result<Vec<Block>, Vec<String>> {
-        let Some(pool) = self.pools.get(pool_name) else {
-            return Err(Vec::new());
-        };
-        let Ok(spec) = &pool.spec else {
-            return Err(Vec::new());
-        };
-        let ranges: Vec<FamilyRange> = spec.ranges().copied().collect();
-        let mut picked = Vec::with_capacity(ranges.len());
-        let mut full = Vec::new();
-        for range in ranges {
-            match self.lowest_free(pool_name, &range) {
-                Some(b) => picked.push(b),
-                None => full.push(format!(
-                    "{} {} has no free /{}",
-                    range.range.family, range.range, range.node_prefix
-                )),
-            }
-        }
-        if full.is_empty() {
-            Ok(picked)
-        } else {
-            Err(full)
-        }
-    }
-
-    fn lowest_free(&mut self, pool_name: &str, range: &FamilyRange) -> Option<Block> {
-        let f = range.range.family.index();
-        for _ in 0..MAX_STALE_SKIPS {
-            let index = self.pools.get(pool_name)?.free[f].as_ref()?.first()?;
-            let block = range.block(index);
-            if overlapping(&self.occupied, &self.prefixes, block).is_empty() {
-                return Some(block);
-            }
-            // Never expected: the free list said free but something overlaps. Repair and go on.
-            tracing::error!(%block, pool = pool_name, "free list out of date; skipping block");
-            if let Some(free) = self.pools.get_mut(pool_name)?.free[f].as_mut() {
-                free.remove(index, index);
-            }
-        }
-        None
     }
 
     /// Records the Node's existing CIDRs (`facts.pod_cidrs`). They are never moved; each is
@@ -564,7 +546,7 @@ impl Allocator {
                 Err(_) => report.unparsable.push(s.clone()),
             }
         }
-        if let Some(rec) = self.nodes.get(facts.name.as_str()) {
+        if let Some((_, rec)) = self.nodes.get(facts.name.as_str()) {
             if rec.blocks() == blocks && rec.uid == facts.uid {
                 report.unchanged = true;
                 return report;
@@ -575,15 +557,17 @@ impl Allocator {
             return report;
         }
         let node: Arc<str> = Arc::from(facts.name.as_str());
+        let id = new_id(&mut self.names, &mut self.free_ids, &node);
         let mut cidrs = Vec::with_capacity(blocks.len());
         for block in blocks {
-            let others = overlapping(&self.occupied, &self.prefixes, block);
+            let others = overlapping(&self.space.occupied, &self.space.prefixes, block);
             if !others.is_empty() {
                 let mut with: Vec<String> = others
                     .iter()
-                    .filter_map(|b| self.occupied.get(b))
-                    .flatten()
-                    .filter(|n| ***n != *node)
+                    .filter_map(|b| self.space.occupied.get(b))
+                    .flat_map(Holders::iter)
+                    .filter(|&&other| other != id)
+                    .filter_map(|&other| self.names.get(other as usize).cloned().flatten())
                     .map(|n| n.to_string())
                     .collect();
                 with.sort();
@@ -595,17 +579,18 @@ impl Allocator {
             let owner = self.owner_for(block, facts);
             match &owner {
                 Some(o) => {
-                    if let Some(p) = self.pools.get_mut(o) {
+                    if let Some(p) = self.space.pools.get_mut(o) {
                         p.allocated[block.family.index()] += 1;
                     }
                 }
                 None => report.foreign.push(block),
             }
-            self.occupy(block, &node);
+            self.space.occupy(block, id);
             cidrs.push(Assigned { block, owner });
         }
         if !report.foreign.is_empty() {
             let selected_by = self
+                .space
                 .pools
                 .values()
                 .filter(|p| p.selects_raw(&facts.name, &facts.labels))
@@ -621,11 +606,14 @@ impl Allocator {
         }
         self.nodes.insert(
             node,
-            NodeRecord {
-                uid: facts.uid.clone(),
-                cidrs,
-                origin: Origin::Adopted,
-            },
+            (
+                id,
+                NodeRecord {
+                    uid: facts.uid.clone(),
+                    cidrs: cidrs.into_iter().collect(),
+                    origin: Origin::Adopted,
+                },
+            ),
         );
         report
     }
@@ -642,14 +630,14 @@ impl Allocator {
             ..NodeFacts::default()
         };
         let report = self.adopt(&facts);
-        if let Some(rec) = self.nodes.get_mut(name) {
+        if let Some((_, rec)) = self.nodes.get_mut(name) {
             rec.origin = record.origin;
         }
         report
     }
 
     fn owner_for(&self, block: Block, facts: &NodeFacts) -> Option<Arc<str>> {
-        let containing = self.pools.values().filter_map(|p| {
+        let containing = self.space.pools.values().filter_map(|p| {
             let spec = p.spec.as_ref().ok()?;
             let range = spec.family(block.family)?;
             range.range.contains(block).then_some((p, spec, range))
@@ -676,28 +664,115 @@ impl Allocator {
 
     /// Forgets the Node and frees its CIDRs. Call only when the Node object is gone.
     pub fn release(&mut self, name: &str) -> Option<NodeRecord> {
-        let (node, record) = self.nodes.remove_entry(name)?;
+        let (id, record) = self.nodes.remove(name)?;
         for a in &record.cidrs {
             if let Some(owner) = &a.owner
-                && let Some(p) = self.pools.get_mut(owner)
+                && let Some(p) = self.space.pools.get_mut(owner)
             {
                 let n = &mut p.allocated[a.block.family.index()];
                 *n = n.saturating_sub(1);
             }
-            self.vacate(a.block, &node);
+            self.space.vacate(a.block, id);
+        }
+        if let Some(slot) = self.names.get_mut(id as usize) {
+            *slot = None;
+            self.free_ids.push(id);
         }
         self.foreign.remove(name);
         Some(record)
     }
+}
 
-    fn occupy(&mut self, block: Block, node: &Arc<str>) {
-        let holders = self.occupied.entry(block).or_default();
-        if holders.is_empty() {
-            *self.prefixes[block.family.index()]
-                .entry(block.prefix)
-                .or_default() += 1;
+impl Space {
+    /// Candidates as names with their sort keys, best first, into `keyed` (cleared first).
+    fn rank_into(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        not_accepting: &mut Vec<String>,
+        keyed: &mut Vec<(RankKey, Arc<str>)>,
+    ) {
+        keyed.clear();
+        for pool in self.pools.values() {
+            let Ok(spec) = &pool.spec else {
+                if pool.selects_raw(name, labels) {
+                    not_accepting.push(pool.name.to_string());
+                }
+                continue;
+            };
+            let Some(specificity) = spec.selects(name, labels) else {
+                continue;
+            };
+            if !pool.accepting {
+                not_accepting.push(pool.name.to_string());
+                continue;
+            }
+            let key = (
+                Reverse(spec.priority),
+                Reverse(specificity),
+                pool.free_for_nodes(),
+                spec.host_bits_key(),
+            );
+            keyed.push((key, pool.name.clone()));
         }
-        holders.push(node.clone());
+        // Name breaks the remaining ties (the map iterates in name order and the sort is stable).
+        keyed.sort_by_key(|k| k.0);
+    }
+    /// The lowest free block of every family of the pool, or the ranges that are full.
+    fn pick(&mut self, pool_name: &str) -> Result<Few<Block>, Vec<String>> {
+        let Some(pool) = self.pools.get(pool_name) else {
+            return Err(Vec::new());
+        };
+        let Ok(spec) = &pool.spec else {
+            return Err(Vec::new());
+        };
+        let ranges = spec.families;
+        let mut picked = [None, None];
+        let mut full = Vec::new();
+        for (slot, range) in picked.iter_mut().zip(ranges) {
+            let Some(range) = range else { continue };
+            match self.lowest_free(pool_name, &range) {
+                Some(b) => *slot = Some(b),
+                None => full.push(format!(
+                    "{} {} has no free /{}",
+                    range.range.family, range.range, range.node_prefix
+                )),
+            }
+        }
+        if full.is_empty() {
+            Ok(picked.into_iter().flatten().collect())
+        } else {
+            Err(full)
+        }
+    }
+
+    fn lowest_free(&mut self, pool_name: &str, range: &FamilyRange) -> Option<Block> {
+        let f = range.range.family.index();
+        for _ in 0..MAX_STALE_SKIPS {
+            let index = self.pools.get(pool_name)?.free[f].as_ref()?.first()?;
+            let block = range.block(index);
+            if !overlaps_any(&self.occupied, &self.prefixes, block) {
+                return Some(block);
+            }
+            // Never expected: the free list said free but something overlaps. Repair and go on.
+            tracing::error!(%block, pool = pool_name, "free list out of date; skipping block");
+            if let Some(free) = self.pools.get_mut(pool_name)?.free[f].as_mut() {
+                free.remove(index, index);
+            }
+        }
+        None
+    }
+
+    fn occupy(&mut self, block: Block, node: NodeId) {
+        match self.occupied.entry(block) {
+            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().push(node),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(Holders::One(node));
+                *self.prefixes[block.family.index()]
+                    .entry(block.prefix)
+                    .or_default() += 1;
+            }
+        }
         let f = block.family.index();
         for pool in self.pools.values_mut() {
             let Ok(spec) = &pool.spec else { continue };
@@ -710,14 +785,11 @@ impl Allocator {
         }
     }
 
-    fn vacate(&mut self, block: Block, node: &Arc<str>) {
+    fn vacate(&mut self, block: Block, node: NodeId) {
         let Some(holders) = self.occupied.get_mut(&block) else {
             return;
         };
-        if let Some(pos) = holders.iter().position(|n| n == node) {
-            holders.swap_remove(pos);
-        }
-        if !holders.is_empty() {
+        if !holders.remove(node) {
             return;
         }
         self.occupied.remove(&block);
@@ -765,10 +837,37 @@ impl Allocator {
     }
 }
 
+/// True when an occupied block shares an address with `b` (see [`overlapping`]); no allocation.
+fn overlaps_any(
+    occupied: &BTreeMap<Block, Holders>,
+    prefixes: &[BTreeMap<u8, usize>; 2],
+    b: Block,
+) -> bool {
+    let contained = prefixes[b.family.index()]
+        .keys()
+        .take_while(|&&len| len < b.prefix)
+        .any(|&len| occupied.contains_key(&b.supernet(len)));
+    contained
+        || occupied
+            .range(
+                Block {
+                    family: b.family,
+                    start: b.start,
+                    prefix: 0,
+                }..=Block {
+                    family: b.family,
+                    start: b.last(),
+                    prefix: u8::MAX,
+                },
+            )
+            .next()
+            .is_some()
+}
+
 /// Occupied blocks that share an address with `b`: those that start inside it, and those that
 /// contain its start (found by prefix length, of which there are few distinct ones).
 fn overlapping(
-    occupied: &BTreeMap<Block, Vec<Arc<str>>>,
+    occupied: &BTreeMap<Block, Holders>,
     prefixes: &[BTreeMap<u8, usize>; 2],
     b: Block,
 ) -> Vec<Block> {
@@ -794,4 +893,58 @@ fn overlapping(
     };
     out.extend(occupied.range(lo..=hi).map(|(k, _)| *k));
     out
+}
+
+/// Takes a free Node id (or a new one) for `name`.
+fn new_id(names: &mut Vec<Option<Arc<str>>>, free: &mut Vec<NodeId>, name: &Arc<str>) -> NodeId {
+    if let Some(id) = free.pop()
+        && let Some(slot) = names.get_mut(id as usize)
+    {
+        *slot = Some(name.clone());
+        return id;
+    }
+    names.push(Some(name.clone()));
+    NodeId::try_from(names.len() - 1).unwrap_or(NodeId::MAX)
+}
+
+/// The Nodes holding one block: almost always exactly one (more only when Nodes brought
+/// overlapping CIDRs along), so the common case needs no extra allocation.
+#[derive(Clone, Debug)]
+enum Holders {
+    One(NodeId),
+    Many(Vec<NodeId>),
+}
+
+impl Holders {
+    fn push(&mut self, node: NodeId) {
+        match self {
+            Holders::One(first) => *self = Holders::Many(vec![*first, node]),
+            Holders::Many(v) => v.push(node),
+        }
+    }
+
+    /// Removes `node`; true when nobody holds the block any more.
+    fn remove(&mut self, node: NodeId) -> bool {
+        match self {
+            Holders::One(n) => *n == node,
+            Holders::Many(v) => {
+                if let Some(pos) = v.iter().position(|n| *n == node) {
+                    v.swap_remove(pos);
+                }
+                let empty = v.is_empty();
+                if let [only] = v[..] {
+                    *self = Holders::One(only);
+                }
+                empty
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &NodeId> {
+        let (one, many): (Option<&NodeId>, &[NodeId]) = match self {
+            Holders::One(n) => (Some(n), &[]),
+            Holders::Many(v) => (None, v),
+        };
+        one.into_iter().chain(many)
+    }
 }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 /// Sorted set of inclusive index runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexSet {
-    /// start -> last (inclusive); runs are disjoint and never adjacent.
+    /// last -> start (inclusive); runs are disjoint and never adjacent. Keyed by the last index
+    /// so that taking the lowest index of a run (what allocation does) updates the run in place
+    /// instead of re-keying it.
     runs: BTreeMap<u128, u128>,
     /// Number of indexes in the set (at most 2^124 in practice: see `FamilyRange`).
     len: u128,
@@ -39,20 +41,20 @@ impl IndexSet {
 
     /// Smallest index.
     pub fn first(&self) -> Option<u128> {
-        self.runs.keys().next().copied()
+        self.runs.values().next().copied()
     }
 
     /// True when `i` is in the set.
     pub fn contains(&self, i: u128) -> bool {
         self.runs
-            .range(..=i)
-            .next_back()
-            .is_some_and(|(_, &last)| last >= i)
+            .range(i..)
+            .next()
+            .is_some_and(|(_, &start)| start <= i)
     }
 
-    /// Iterates the runs in order.
+    /// Iterates the runs `(start, last)` in order.
     pub fn iter_runs(&self) -> impl Iterator<Item = (u128, u128)> + '_ {
-        self.runs.iter().map(|(&s, &e)| (s, e))
+        self.runs.iter().map(|(&e, &s)| (s, e))
     }
 
     /// Removes `lo..=hi`.
@@ -60,21 +62,28 @@ impl IndexSet {
         if lo > hi {
             return;
         }
-        let hit: Vec<(u128, u128)> = self
-            .runs
-            .range(..=hi)
-            .rev()
-            .take_while(|&(_, &last)| last >= lo)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (start, last) in hit {
-            self.runs.remove(&start);
-            self.len -= run_len(start, last);
-            if start < lo {
-                self.put(start, lo - 1);
+        // Each step handles the first run that ends at or after `lo`, until runs start after `hi`.
+        while let Some((&last, &start)) = self.runs.range(lo..).next() {
+            if start > hi {
+                break;
             }
+            let cut_lo = start.max(lo);
+            let cut_hi = last.min(hi);
+            self.len -= run_len(cut_lo, cut_hi);
             if last > hi {
-                self.put(hi + 1, last);
+                // The run continues after `hi`: keep it under the same key, starting later.
+                if let Some(s) = self.runs.get_mut(&last) {
+                    *s = hi + 1;
+                }
+                if start < lo {
+                    self.runs.insert(lo - 1, start);
+                }
+                break;
+            }
+            self.runs.remove(&last);
+            if start < lo {
+                // Key `lo - 1` is below `lo`, so the next step looks at the following run.
+                self.runs.insert(lo - 1, start);
             }
         }
     }
@@ -84,27 +93,19 @@ impl IndexSet {
         if lo > hi {
             return;
         }
-        let upper = hi.saturating_add(1);
-        let hit: Vec<(u128, u128)> = self
-            .runs
-            .range(..=upper)
-            .rev()
-            .take_while(|&(_, &last)| last.saturating_add(1) >= lo)
-            .map(|(&s, &e)| (s, e))
-            .collect();
         let (mut new_lo, mut new_hi) = (lo, hi);
-        for (start, last) in hit {
-            self.runs.remove(&start);
+        // Runs that end at or after `lo - 1` and start at or before `hi + 1` touch the new one.
+        while let Some((&last, &start)) = self.runs.range(lo.saturating_sub(1)..).next() {
+            if start > hi.saturating_add(1) {
+                break;
+            }
+            self.runs.remove(&last);
             self.len -= run_len(start, last);
             new_lo = new_lo.min(start);
             new_hi = new_hi.max(last);
         }
-        self.put(new_lo, new_hi);
-    }
-
-    fn put(&mut self, start: u128, last: u128) {
-        self.runs.insert(start, last);
-        self.len = self.len.saturating_add(run_len(start, last));
+        self.runs.insert(new_hi, new_lo);
+        self.len = self.len.saturating_add(run_len(new_lo, new_hi));
     }
 }
 

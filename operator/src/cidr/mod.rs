@@ -1,6 +1,7 @@
 //! Pure ClusterCIDR allocation: which pod CIDRs each Node gets; no I/O, no clock, no client.
 //!
 //! - [`block`]: CIDRs as aligned intervals of a 128-bit space per family.
+//! - [`few`]: a list of up to two items without a heap allocation.
 //! - [`intervals`]: sorted runs of free indexes (memory follows allocations, not range sizes).
 //! - [`spec`]: a ClusterCIDR spec checked and turned into per-family ranges.
 //! - [`allocator`]: the state (free blocks per ClusterCIDR, a global index of occupied blocks,
@@ -15,6 +16,7 @@
 
 pub mod allocator;
 pub mod block;
+pub mod few;
 pub mod intervals;
 pub mod plan;
 pub mod spec;

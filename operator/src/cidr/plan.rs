@@ -109,22 +109,26 @@ pub fn plan_for_nodes(nodes: &[Node], cidrs: &[ClusterCIDR]) -> Result<CidrPlan,
             return Err(CidrPlanError::DuplicateClusterCidr(name.to_owned()));
         }
     }
-    let mut facts: BTreeMap<String, NodeFacts> = BTreeMap::new();
-    for n in nodes {
-        let f = NodeFacts::from_node(n);
-        if f.name.is_empty() {
-            return Err(CidrPlanError::Unnamed("Node"));
-        }
-        if facts.contains_key(&f.name) {
-            return Err(CidrPlanError::DuplicateNode(f.name));
-        }
-        facts.insert(f.name.clone(), f);
+    if nodes.iter().any(|n| name_of(n).is_empty()) {
+        return Err(CidrPlanError::Unnamed("Node"));
+    }
+    // Name order, as the controller processes them; a sorted Vec (not a map) keeps this linear
+    // apart from the sort.
+    let mut order: Vec<&Node> = nodes.iter().collect();
+    order.sort_unstable_by(|a, b| name_of(a).cmp(name_of(b)));
+    if let Some(w) = order.windows(2).find(|w| name_of(w[0]) == name_of(w[1])) {
+        return Err(CidrPlanError::DuplicateNode(name_of(w[0]).to_owned()));
     }
 
     let mut alloc = Allocator::new(cidrs);
-    let mut out: BTreeMap<&str, NodeCidrs> = BTreeMap::new();
-    for f in facts.values().filter(|f| !f.pod_cidrs.is_empty()) {
-        let report = alloc.adopt(f);
+    // First every Node that has CIDRs: they are adopted before anything is handed out.
+    let mut adopted: Vec<NodeCidrs> = Vec::new();
+    for node in &order {
+        if !has_pod_cidrs(node) {
+            continue;
+        }
+        let f = NodeFacts::from_node(node);
+        let report = alloc.adopt(&f);
         let record = alloc.node(&f.name);
         let mut problems = Vec::new();
         let mut state = NodeCidrState::Adopted;
@@ -142,49 +146,54 @@ pub fn plan_for_nodes(nodes: &[Node], cidrs: &[ClusterCIDR]) -> Result<CidrPlan,
         if !report.unparsable.is_empty() {
             problems.push(format!("not CIDRs: {}", report.unparsable.join(", ")));
         }
-        out.insert(
-            &f.name,
-            NodeCidrs {
-                node: f.name.clone(),
-                state,
-                pod_cidrs: f.pod_cidrs.clone(),
-                cluster_cidr: record.and_then(|r| r.owner()).map(|o| o.to_string()),
-                reason: (!problems.is_empty()).then(|| problems.join("; ")),
-            },
-        );
+        adopted.push(NodeCidrs {
+            cluster_cidr: record.and_then(|r| r.owner()).map(|o| o.to_string()),
+            node: f.name,
+            state,
+            pod_cidrs: f.pod_cidrs,
+            reason: (!problems.is_empty()).then(|| problems.join("; ")),
+        });
     }
+    // Then the others, in name order; the output interleaves both in name order.
+    let mut adopted = adopted.into_iter().peekable();
+    let mut out: Vec<NodeCidrs> = Vec::with_capacity(order.len());
+    let no_labels = BTreeMap::new();
     let mut waiting: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for f in facts.values().filter(|f| f.pod_cidrs.is_empty()) {
-        let entry = if f.deleting {
-            NodeCidrs {
-                node: f.name.clone(),
-                state: NodeCidrState::Waiting,
-                pod_cidrs: Vec::new(),
-                cluster_cidr: None,
-                reason: Some("the Node is being deleted; nothing is allocated to it".into()),
-            }
-        } else {
-            match alloc.allocate(&f.name, &f.labels, f.uid.as_deref()) {
+    for node in &order {
+        let name = name_of(node);
+        if adopted.peek().is_some_and(|a| a.node == name) {
+            out.extend(adopted.next());
+            continue;
+        }
+        let waits = |reason: String| NodeCidrs {
+            node: name.to_owned(),
+            state: NodeCidrState::Waiting,
+            pod_cidrs: Vec::new(),
+            cluster_cidr: None,
+            reason: Some(reason),
+        };
+        if node.metadata.deletion_timestamp.is_some() {
+            out.push(waits(
+                "the Node is being deleted; nothing is allocated to it".into(),
+            ));
+            continue;
+        }
+        let labels = node.metadata.labels.as_ref().unwrap_or(&no_labels);
+        out.push(
+            match alloc.allocate(name, labels, node.metadata.uid.as_deref()) {
                 Ok(a) => NodeCidrs {
-                    node: f.name.clone(),
+                    node: name.to_owned(),
                     state: NodeCidrState::Allocated,
                     pod_cidrs: a.blocks.iter().map(ToString::to_string).collect(),
                     cluster_cidr: Some(a.cluster_cidr.to_string()),
                     reason: None,
                 },
                 Err(why) => {
-                    record_waiting(&mut waiting, &f.name, &why);
-                    NodeCidrs {
-                        node: f.name.clone(),
-                        state: NodeCidrState::Waiting,
-                        pod_cidrs: Vec::new(),
-                        cluster_cidr: None,
-                        reason: Some(why.to_string()),
-                    }
+                    record_waiting(&mut waiting, name, &why);
+                    waits(why.to_string())
                 }
-            }
-        };
-        out.insert(&f.name, entry);
+            },
+        );
     }
 
     let cluster_cidrs = alloc
@@ -201,8 +210,19 @@ pub fn plan_for_nodes(nodes: &[Node], cidrs: &[ClusterCIDR]) -> Result<CidrPlan,
         })
         .collect();
     Ok(CidrPlan {
-        nodes: out.into_values().collect(),
+        nodes: out,
         cluster_cidrs,
+    })
+}
+
+fn name_of(node: &Node) -> &str {
+    node.metadata.name.as_deref().unwrap_or_default()
+}
+
+fn has_pod_cidrs(node: &Node) -> bool {
+    node.spec.as_ref().is_some_and(|s| {
+        s.pod_cidrs.as_ref().is_some_and(|c| !c.is_empty())
+            || s.pod_cidr.as_ref().is_some_and(|c| !c.is_empty())
     })
 }
 
