@@ -816,3 +816,50 @@ async fn a_cluster_cidr_whose_finalizer_fails_is_paused_then_resumed() {
         Some("10.42.0.0/24")
     );
 }
+
+#[tokio::test]
+async fn a_relist_does_not_repeat_the_event_of_a_node_still_waiting() {
+    // One /28 in a /28: the second Node waits (Exhausted) and gets one Warning Event.
+    let cidrs = vec![cc("tiny").v4("10.9.0.0/28", 4).finalized().build()];
+    let nodes = vec![
+        node("a").pod_cidrs(&["10.9.0.0/28"]).build(),
+        node("b").rv("7").build(),
+    ];
+    let fake = Fake::new(&nodes, &cidrs);
+    let (mut ctl, log, metrics) = controller(&fake, |_| None);
+    sync(&mut ctl, &nodes, &cidrs).await;
+    let reqs = log.take();
+    assert_eq!(lines(&reqs), [format!("POST {EVENTS}")]);
+    assert_eq!(reqs[0].body["reason"], events::CIDR_NOT_AVAILABLE);
+    assert_eq!(reqs[0].body["regarding"]["name"], "b");
+    assert_eq!(ctl.waiting().len(), 1);
+    let failures = metrics.failures.with_label_values(&["exhausted"]).get();
+    assert_eq!(failures, 1);
+
+    // The watch re-lists the same Nodes (e.g. after a disconnect): b still waits for the same
+    // reason, so there is no second Event and no second failure count.
+    ctl.handle_node_event(Event::Init).await;
+    for n in &nodes {
+        ctl.handle_node_event(Event::InitApply(n.clone())).await;
+    }
+    ctl.handle_node_event(Event::InitDone).await;
+    let again: Vec<String> = lines(&log.take())
+        .into_iter()
+        .filter(|l| l.starts_with("POST"))
+        .collect();
+    assert!(again.is_empty(), "repeated: {again:?}");
+    assert_eq!(ctl.waiting().len(), 1, "b still waits");
+    assert_eq!(
+        metrics.failures.with_label_values(&["exhausted"]).get(),
+        failures
+    );
+
+    // a goes away in the re-list: b gets its block.
+    ctl.handle_node_event(Event::Init).await;
+    ctl.handle_node_event(Event::InitApply(nodes[1].clone()))
+        .await;
+    ctl.handle_node_event(Event::InitDone).await;
+    let reqs = log.take();
+    assert_eq!(reqs[0].line(), format!("PATCH {NODES}/b"));
+    assert!(ctl.waiting().is_empty());
+}

@@ -822,7 +822,14 @@ impl CidrController {
             }
         }
         self.built = true;
-        self.waiting.clear();
+        // Keep the reasons of Nodes that still wait, so a rebuild does not repeat their Events;
+        // they are tried again below.
+        let (nodes, alloc) = (&self.nodes, &self.alloc);
+        self.waiting.retain(|name, _| {
+            nodes.get(name).is_some_and(|f| {
+                f.pod_cidrs.is_empty() && !f.deleting && alloc.node(name).is_none()
+            })
+        });
         for (name, report) in reports {
             self.report_adoption(&name, &report).await;
         }
