@@ -194,6 +194,48 @@ fn grants_of_rules(rules: &Value) -> BTreeSet<Grant> {
     out
 }
 
+/// Every combination of the chart's switches: (serviceLB, clusterCIDR, crds.install, the
+/// Prometheus Operator API, cleanup.onUninstall).
+fn switch_combinations() -> Vec<(bool, bool, bool, bool, bool)> {
+    let both = [true, false];
+    let mut out = Vec::new();
+    for servicelb in both {
+        for clustercidr in both {
+            for crds in both {
+                for monitoring in both {
+                    for cleanup in both {
+                        out.push((servicelb, clustercidr, crds, monitoring, cleanup));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The grants of a permission list of the operator crate.
+fn grants_of_permissions(list: &[portway_operator::permissions::Permission]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for p in list {
+        let names: Vec<&str> = if p.resource_names.is_empty() {
+            vec!["*"]
+        } else {
+            p.resource_names.to_vec()
+        };
+        for v in p.verbs {
+            for n in &names {
+                out.insert((
+                    p.group.to_owned(),
+                    p.resource.to_owned(),
+                    (*v).to_owned(),
+                    (*n).to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn operator_grants(servicelb: bool, clustercidr: bool) -> BTreeSet<Grant> {
     use portway_operator::permissions::{CLUSTERCIDR, COMMON, SERVICELB};
     let mut list: Vec<_> = COMMON.to_vec();
@@ -283,130 +325,151 @@ fn every_switch_combination_renders_least_privilege() {
     };
     let agent_sa = format!("system:serviceaccount:{NAMESPACE}:portway-agent");
     let mut combinations = 0;
-    for servicelb in [true, false] {
-        for clustercidr in [true, false] {
-            for crds in [true, false] {
-                for monitoring in [true, false] {
-                    combinations += 1;
-                    let sets = format!(
-                        "serviceLB.enabled={servicelb},clusterCIDR.enabled={clustercidr},crds.install={crds}"
-                    );
-                    let mut args = vec!["--set", sets.as_str()];
-                    if monitoring {
-                        for api in MONITORING_APIS {
-                            args.extend(["--api-versions", api]);
-                        }
-                    }
-                    let r = helm.render(&args);
-                    let label = format!("[{sets}, monitoring={monitoring}]");
+    for (servicelb, clustercidr, crds, monitoring, cleanup) in switch_combinations() {
+        combinations += 1;
+        let sets = format!(
+            "serviceLB.enabled={servicelb},clusterCIDR.enabled={clustercidr},crds.install={crds},cleanup.onUninstall={cleanup}"
+        );
+        let mut args = vec!["--set", sets.as_str()];
+        if monitoring {
+            for api in MONITORING_APIS {
+                args.extend(["--api-versions", api]);
+            }
+        }
+        let r = helm.render(&args);
+        let label = format!("[{sets}, monitoring={monitoring}]");
 
-                    // Operator: exactly the verbs its enabled controllers use.
-                    let role = r.must("ClusterRole", "portway-operator");
-                    assert_same_grants(
-                        &format!("ClusterRole portway-operator {label}"),
-                        &grants_of_rules(&role["rules"]),
-                        &operator_grants(servicelb, clustercidr),
-                    );
-                    let args = r.operator_args();
-                    assert!(
-                        args.contains(&format!("--servicelb-enabled={servicelb}")),
-                        "{label}: {args:?}"
-                    );
+        // Operator: exactly the verbs its enabled controllers use.
+        let role = r.must("ClusterRole", "portway-operator");
+        assert_same_grants(
+            &format!("ClusterRole portway-operator {label}"),
+            &grants_of_rules(&role["rules"]),
+            &operator_grants(servicelb, clustercidr),
+        );
 
-                    // Agents: reads cluster-wide, status patch only through the operator's
-                    // per-namespace RoleBindings.
-                    use portway_node_agent::permissions::{READ, STATUS};
-                    match r.get("ClusterRole", "portway-agent") {
-                        Some(agent) => {
-                            assert!(servicelb, "{label}: agent RBAC without ServiceLB");
-                            assert_same_grants(
-                                &format!("ClusterRole portway-agent {label}"),
-                                &grants_of_rules(&agent["rules"]),
-                                &agent_grants(READ),
-                            );
-                            assert_same_grants(
-                                &format!("ClusterRole portway-agent-status {label}"),
-                                &grants_of_rules(
-                                    &r.must("ClusterRole", "portway-agent-status")["rules"],
-                                ),
-                                &agent_grants(STATUS),
-                            );
-                        }
-                        None => assert!(!servicelb, "{label}: no agent ClusterRole"),
-                    }
-                    for binding in r
-                        .of_kind("ClusterRoleBinding")
-                        .into_iter()
-                        .chain(r.of_kind("RoleBinding"))
-                    {
-                        let subjects = binding["subjects"].as_array().cloned().unwrap_or_default();
-                        let binds_agent = subjects.iter().any(|s| {
-                            format!(
-                                "system:serviceaccount:{}:{}",
-                                s["namespace"].as_str().unwrap_or_default(),
-                                s["name"].as_str().unwrap_or_default()
-                            ) == agent_sa
-                        });
-                        if !binds_agent {
-                            continue;
-                        }
-                        let role_name = binding["roleRef"]["name"].as_str().unwrap_or_default();
-                        assert_ne!(
-                            role_name, "portway-agent-status",
-                            "{label}: the chart must not bind the status role; the operator binds it per namespace"
-                        );
-                        let role = r.must("ClusterRole", role_name);
-                        for (group, resource, verb, _) in grants_of_rules(&role["rules"]) {
-                            assert!(
-                                READ_VERBS.contains(&verb.as_str()),
-                                "{label}: agents get cluster-wide {verb} on {group}/{resource}"
-                            );
-                        }
-                    }
+        // The uninstall clean-up hook: exactly permissions::CLEANUP cluster-wide and
+        // CLEANUP_IN_NAMESPACE in the release namespace, bound to its own account.
+        match (
+            r.get("ClusterRole", "portway-cleanup"),
+            r.get("Role", "portway-cleanup"),
+        ) {
+            (Some(cluster), Some(ns)) => {
+                assert!(cleanup, "{label}: clean-up RBAC without the hook");
+                use portway_operator::permissions::{CLEANUP, CLEANUP_IN_NAMESPACE};
+                assert_same_grants(
+                    &format!("ClusterRole portway-cleanup {label}"),
+                    &grants_of_rules(&cluster["rules"]),
+                    &grants_of_permissions(CLEANUP),
+                );
+                assert_same_grants(
+                    &format!("Role portway-cleanup {label}"),
+                    &grants_of_rules(&ns["rules"]),
+                    &grants_of_permissions(CLEANUP_IN_NAMESPACE),
+                );
+                assert!(r.get("Job", "portway-cleanup").is_some(), "{label}");
+            }
+            (None, None) => {
+                assert!(!cleanup, "{label}: no clean-up RBAC");
+                assert!(r.get("Job", "portway-cleanup").is_none(), "{label}");
+            }
+            _ => panic!("{label}: only one of the clean-up roles rendered"),
+        }
+        let args = r.operator_args();
+        assert!(
+            args.contains(&format!("--servicelb-enabled={servicelb}")),
+            "{label}: {args:?}"
+        );
 
-                    assert_eq!(
-                        r.get("ValidatingAdmissionPolicy", "portway-agent-own-node-status")
-                            .is_some(),
-                        servicelb,
-                        "{label}: admission policy"
-                    );
-                    assert_eq!(
-                        r.of_kind("CustomResourceDefinition").len(),
-                        if crds { 3 } else { 0 },
-                        "{label}: CRDs"
-                    );
-                    assert_eq!(
-                        r.of_kind("ServiceMonitor").len(),
-                        usize::from(monitoring),
-                        "{label}: ServiceMonitor only where the API exists"
-                    );
-                    assert_eq!(
-                        r.of_kind("PodMonitor").len(),
-                        usize::from(monitoring && servicelb),
-                        "{label}: PodMonitor"
-                    );
-                    assert_eq!(
-                        r.of_kind("LoadBalancerPool").len(),
-                        usize::from(servicelb),
-                        "{label}: default pool"
-                    );
-                    for o in &r.objects {
-                        let kind = o["kind"].as_str().unwrap_or_default();
-                        let namespaced = matches!(
-                            kind,
-                            "Deployment"
-                                | "ServiceAccount"
-                                | "Service"
-                                | "ServiceMonitor"
-                                | "PodMonitor"
-                                | "RoleBinding"
-                                | "Role"
-                        );
-                        if namespaced {
-                            assert_eq!(o["metadata"]["namespace"], NAMESPACE, "{label}: {kind}");
-                        }
-                    }
-                }
+        // Agents: reads cluster-wide, status patch only through the operator's
+        // per-namespace RoleBindings.
+        use portway_node_agent::permissions::{READ, STATUS};
+        match r.get("ClusterRole", "portway-agent") {
+            Some(agent) => {
+                assert!(servicelb, "{label}: agent RBAC without ServiceLB");
+                assert_same_grants(
+                    &format!("ClusterRole portway-agent {label}"),
+                    &grants_of_rules(&agent["rules"]),
+                    &agent_grants(READ),
+                );
+                assert_same_grants(
+                    &format!("ClusterRole portway-agent-status {label}"),
+                    &grants_of_rules(&r.must("ClusterRole", "portway-agent-status")["rules"]),
+                    &agent_grants(STATUS),
+                );
+            }
+            None => assert!(!servicelb, "{label}: no agent ClusterRole"),
+        }
+        for binding in r
+            .of_kind("ClusterRoleBinding")
+            .into_iter()
+            .chain(r.of_kind("RoleBinding"))
+        {
+            let subjects = binding["subjects"].as_array().cloned().unwrap_or_default();
+            let binds_agent = subjects.iter().any(|s| {
+                format!(
+                    "system:serviceaccount:{}:{}",
+                    s["namespace"].as_str().unwrap_or_default(),
+                    s["name"].as_str().unwrap_or_default()
+                ) == agent_sa
+            });
+            if !binds_agent {
+                continue;
+            }
+            let role_name = binding["roleRef"]["name"].as_str().unwrap_or_default();
+            assert_ne!(
+                role_name, "portway-agent-status",
+                "{label}: the chart must not bind the status role; the operator binds it per namespace"
+            );
+            let role = r.must("ClusterRole", role_name);
+            for (group, resource, verb, _) in grants_of_rules(&role["rules"]) {
+                assert!(
+                    READ_VERBS.contains(&verb.as_str()),
+                    "{label}: agents get cluster-wide {verb} on {group}/{resource}"
+                );
+            }
+        }
+
+        assert_eq!(
+            r.get("ValidatingAdmissionPolicy", "portway-agent-own-node-status")
+                .is_some(),
+            servicelb,
+            "{label}: admission policy"
+        );
+        assert_eq!(
+            r.of_kind("CustomResourceDefinition").len(),
+            if crds { 3 } else { 0 },
+            "{label}: CRDs"
+        );
+        assert_eq!(
+            r.of_kind("ServiceMonitor").len(),
+            usize::from(monitoring),
+            "{label}: ServiceMonitor only where the API exists"
+        );
+        assert_eq!(
+            r.of_kind("PodMonitor").len(),
+            usize::from(monitoring && servicelb),
+            "{label}: PodMonitor"
+        );
+        assert_eq!(
+            r.of_kind("LoadBalancerPool").len(),
+            usize::from(servicelb),
+            "{label}: default pool"
+        );
+        for o in &r.objects {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let namespaced = matches!(
+                kind,
+                "Deployment"
+                    | "ServiceAccount"
+                    | "Service"
+                    | "ServiceMonitor"
+                    | "PodMonitor"
+                    | "RoleBinding"
+                    | "Role"
+                    | "Job"
+            );
+            if namespaced {
+                assert_eq!(o["metadata"]["namespace"], NAMESPACE, "{label}: {kind}");
             }
         }
     }
@@ -618,6 +681,16 @@ fn bad_values_are_rejected_with_the_path() {
             "operator:\n  tolerations:\n  - key: a\n    operator: Maybe\n",
             "/operator/tolerations",
         ),
+        (
+            "clean-up timeout too short",
+            "cleanup:\n  timeoutSeconds: 0\n",
+            "/cleanup/timeoutSeconds",
+        ),
+        (
+            "string for the clean-up switch",
+            "cleanup:\n  onUninstall: \"yes\"\n",
+            "/cleanup/onUninstall",
+        ),
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     let chart = chart_dir().display().to_string();
@@ -718,6 +791,15 @@ fn pods_are_non_root_where_they_can_be() {
     let r = helm.render(&[]);
     let d = r.must("Deployment", "portway-operator");
     let pod = &d["spec"]["template"]["spec"];
+    // The uninstall clean-up Job runs the same binary, as non-root too.
+    let job = &r.must("Job", "portway-cleanup")["spec"]["template"]["spec"];
+    assert_eq!(job["securityContext"]["runAsNonRoot"], true);
+    assert!(job["securityContext"]["runAsUser"].as_i64().unwrap_or(0) > 0);
+    let sc = &job["containers"][0]["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert!(job["hostNetwork"].is_null());
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert!(pod["securityContext"]["runAsUser"].as_i64().unwrap_or(0) > 0);
     assert!(pod["hostNetwork"].is_null() && pod["hostPID"].is_null());
@@ -763,6 +845,149 @@ fn pods_are_non_root_where_they_can_be() {
             );
         }
     }
+}
+
+#[test]
+fn uninstall_hook_runs_portway_cleanup_before_the_release_goes() {
+    use clap::Parser;
+    use portway_operator::cli::{Cli, Command as PortwayCommand};
+    let Some(helm) = helm_or_skip("uninstall_hook_runs_portway_cleanup_before_the_release_goes")
+    else {
+        return;
+    };
+    let r = helm.render(&[]);
+    let hook_objects = [
+        ("ServiceAccount", "portway-cleanup"),
+        ("ClusterRole", "portway-cleanup"),
+        ("ClusterRoleBinding", "portway-cleanup"),
+        ("Role", "portway-cleanup"),
+        ("RoleBinding", "portway-cleanup"),
+        ("Job", "portway-cleanup"),
+    ];
+    let weight = |o: &Value| -> i64 {
+        o["metadata"]["annotations"]["helm.sh/hook-weight"]
+            .as_str()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no hook weight: {o}"))
+    };
+    let job = r.must("Job", "portway-cleanup");
+    for (kind, name) in hook_objects {
+        let o = r.must(kind, name);
+        let ann = &o["metadata"]["annotations"];
+        assert_eq!(ann["helm.sh/hook"], "pre-delete", "{kind}/{name}");
+        let policy: BTreeSet<&str> = ann["helm.sh/hook-delete-policy"]
+            .as_str()
+            .unwrap_or_default()
+            .split(',')
+            .collect();
+        assert!(
+            policy.contains("hook-succeeded") && policy.contains("before-hook-creation"),
+            "{kind}/{name}: hook objects must not linger: {policy:?}"
+        );
+        assert_eq!(
+            o["metadata"]["labels"]["app.kubernetes.io/part-of"], "portway",
+            "{kind}/{name}"
+        );
+        if kind != "Job" {
+            assert!(
+                weight(o) < weight(job),
+                "{kind}/{name} must exist before the Job runs"
+            );
+        }
+    }
+    // Nothing else runs at pre-delete (the default pool is a post-install/upgrade hook).
+    let pre_delete = r
+        .objects
+        .iter()
+        .filter(|o| o["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete")
+        .count();
+    assert_eq!(pre_delete, hook_objects.len());
+    // The bindings give the hook's own account exactly the clean-up roles.
+    let subject =
+        json!([{"kind": "ServiceAccount", "name": "portway-cleanup", "namespace": NAMESPACE}]);
+    for (binding, role_kind) in [
+        ("ClusterRoleBinding", "ClusterRole"),
+        ("RoleBinding", "Role"),
+    ] {
+        let b = r.must(binding, "portway-cleanup");
+        assert_eq!(b["subjects"], subject, "{binding}");
+        assert_eq!(b["roleRef"]["kind"], role_kind);
+        assert_eq!(b["roleRef"]["name"], "portway-cleanup");
+    }
+
+    // The Job: `portway cleanup` of this release's namespace, stopping this release's operator,
+    // as the hook's account, with the operator's image and security context.
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "portway-cleanup");
+    assert_eq!(pod["restartPolicy"], "Never");
+    let operator_pod = &r.must("Deployment", "portway-operator")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], operator_pod["containers"][0]["image"]);
+    assert_eq!(
+        container["securityContext"],
+        operator_pod["containers"][0]["securityContext"]
+    );
+    assert_eq!(pod["securityContext"], operator_pod["securityContext"]);
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let cli = Cli::try_parse_from(std::iter::once("portway".to_owned()).chain(args.clone()))
+        .unwrap_or_else(|e| panic!("the hook's args {args:?} do not parse: {e}"));
+    let PortwayCommand::Cleanup(cleanup) = cli.command else {
+        panic!("the hook does not run `portway cleanup`: {args:?}");
+    };
+    assert_eq!(cleanup.namespace, NAMESPACE);
+    assert_eq!(cleanup.stop_operator.as_deref(), Some("portway-operator"));
+    assert_eq!(
+        cleanup.stop_operator.as_deref(),
+        r.must("Deployment", "portway-operator")["metadata"]["name"].as_str()
+    );
+    assert!(!cleanup.dry_run && !cleanup.skip_permission_check);
+    assert_eq!(
+        cleanup.helm_release.as_deref(),
+        Some(RELEASE),
+        "the hook removes this release's default pool"
+    );
+    let deadline = job["spec"]["activeDeadlineSeconds"]
+        .as_u64()
+        .expect("deadline");
+    assert!(
+        deadline > cleanup.timeout_seconds,
+        "the Job's deadline {deadline}s must leave the clean-up its own {}s",
+        cleanup.timeout_seconds
+    );
+    // The operator's Deployment scale it may patch is named in its Role.
+    let role = r.must("Role", "portway-cleanup");
+    assert!(grants_of_rules(&role["rules"]).contains(&(
+        "apps".into(),
+        "deployments/scale".into(),
+        "patch".into(),
+        "portway-operator".into()
+    )));
+
+    // Switches: off renders nothing; the timeout reaches the flag; the host network follows the
+    // operator's (the clean-up must start wherever the operator could).
+    let off = helm.render(&["--set", "cleanup.onUninstall=false"]);
+    assert!(
+        off.objects
+            .iter()
+            .all(|o| o["metadata"]["annotations"]["helm.sh/hook"] != "pre-delete")
+    );
+    let longer = helm.render(&[
+        "--set",
+        "cleanup.timeoutSeconds=240,operator.hostNetwork=true",
+    ]);
+    let job = longer.must("Job", "portway-cleanup");
+    assert!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .contains(&json!("--timeout-seconds=240"))
+    );
+    assert_eq!(job["spec"]["template"]["spec"]["hostNetwork"], true);
 }
 
 /// DaemonSets the operator's core builds for `examples/` (what `portway plan examples/` prints).
@@ -1395,8 +1620,14 @@ async fn helm_install_upgrade_uninstall_against_a_real_api_server() {
     );
     must_helm(&helm, &kc, &upgrade);
 
-    // 5. Uninstall: everything of the release goes except the kept CRDs.
-    must_helm(&helm, &kc, &["uninstall", RELEASE, "-n", NAMESPACE]);
+    // 5. Uninstall: everything of the release goes except the kept CRDs. `--no-hooks`: there is
+    //    no job controller here to run the pre-delete clean-up Job (Helm would wait for it);
+    //    helm_uninstall_hook_leaves_nothing_behind_against_a_real_api_server plays its part.
+    must_helm(
+        &helm,
+        &kc,
+        &["uninstall", RELEASE, "-n", NAMESPACE, "--no-hooks"],
+    );
     assert_eq!(
         crds.list(&Default::default())
             .await
@@ -1426,7 +1657,11 @@ async fn helm_install_upgrade_uninstall_against_a_real_api_server() {
         exists(&pools, "default").await,
         "CRD served: the pool is a plain object now"
     );
-    must_helm(&helm, &kc, &["uninstall", RELEASE, "-n", NAMESPACE]);
+    must_helm(
+        &helm,
+        &kc,
+        &["uninstall", RELEASE, "-n", NAMESPACE, "--no-hooks"],
+    );
     let other = [
         "install",
         "portway-b",
@@ -1442,9 +1677,538 @@ async fn helm_install_upgrade_uninstall_against_a_real_api_server() {
         &kc,
         &[&other[..], &["--set", "crds.install=false"]].concat(),
     );
-    must_helm(&helm, &kc, &["uninstall", "portway-b", "-n", "portway-b"]);
+    must_helm(
+        &helm,
+        &kc,
+        &["uninstall", "portway-b", "-n", "portway-b", "--no-hooks"],
+    );
     report::line(&format!(
         "{TEST}: install, 4 upgrades, uninstall, 2 reinstalls against a real API server"
+    ));
+}
+
+/// The `portway.dev/LoadBalancer` condition of a Service, as (status, reason).
+fn portway_condition(svc: &k8s_openapi::api::core::v1::Service) -> Option<(String, String)> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "portway.dev/LoadBalancer"))
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Field paths under `status` that `manager` owns on `svc` (its managedFields entry for the
+/// status subresource), e.g. `f:conditions > k:{"type":"portway.dev/LoadBalancer"} > f:reason`.
+fn owned_status_fields(svc: &k8s_openapi::api::core::v1::Service, manager: &str) -> Vec<String> {
+    fn walk(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        if let Some(map) = v.as_object() {
+            for (k, child) in map {
+                if k == "." {
+                    continue;
+                }
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix} > {k}")
+                };
+                if child
+                    .as_object()
+                    .is_some_and(|m| m.keys().any(|k| k != "."))
+                {
+                    walk(&path, child, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for e in svc.metadata.managed_fields.iter().flatten() {
+        if e.manager.as_deref() == Some(manager) && e.subresource.as_deref() == Some("status") {
+            if let Some(f) = e.fields_v1.as_ref() {
+                walk("", &f.0["f:status"], &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// `helm uninstall` with the chart's pre-delete hook, against a real API server. There is no
+/// job controller or kubelet here, so the test plays them: when Helm has created the hook's Job
+/// (and is waiting for it, the release still intact), the test runs the Job's `portway cleanup`
+/// command in-process as the hook's ServiceAccount (impersonated, so the chart's hook RBAC is
+/// what is tested) and then marks the Job complete. Before that, the real operator ran
+/// in-process as the chart's operator ServiceAccount and made what it makes: a DaemonSet,
+/// ServiceLoadBalancer, agent RoleBinding, finalizer, ingress and `portway.dev/LoadBalancer`
+/// condition (next to another controller's condition, which server-side apply must leave alone).
+/// Afterwards nothing Portway made is left, look-alikes are untouched, the hook's objects are
+/// gone, and a second `portway cleanup` writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_uninstall_hook_leaves_nothing_behind_against_a_real_api_server() {
+    use clap::Parser;
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use kube::api::{ListParams, Patch, PatchParams, PostParams};
+    use kube::{Api, ResourceExt};
+    use portway_crds::ServiceLoadBalancer;
+    use portway_e2e::Identity;
+    use portway_e2e::requests::RequestLog;
+    use portway_node_agent::status::{KubeStatus, StatusSink};
+    use portway_operator::cli::{Cli, Command as PortwayCommand};
+
+    const TEST: &str = "helm_uninstall_hook_leaves_nothing_behind_against_a_real_api_server";
+    const WAIT: Duration = Duration::from_secs(60);
+    let Some(helm) = helm_or_skip(TEST) else {
+        return;
+    };
+    let options = portway_e2e::EnvOptions {
+        install_crds: false,
+        ..portway_e2e::EnvOptions::default()
+    };
+    let Some(env) = portway_e2e::TestEnv::start_or_skip_with(TEST, options).await else {
+        return;
+    };
+    let kc = env.kubeconfig_path().expect("kubeconfig");
+    let chart = chart_dir().display().to_string();
+    let admin = env.client();
+    must_helm(
+        &helm,
+        &kc,
+        &[
+            "install",
+            RELEASE,
+            chart.as_str(),
+            "-n",
+            NAMESPACE,
+            "--create-namespace",
+        ],
+    );
+
+    // What a cluster has: Nodes, a namespace with three LoadBalancer Services (Portway's, one it
+    // cannot place, another class's with its own finalizer), and a DaemonSet that is not
+    // Portway's in Portway's namespace.
+    for (node, ip) in [("node-a", "192.0.2.1"), ("node-b", "192.0.2.2")] {
+        portway_e2e::objects::create_node(
+            &admin,
+            &portway_e2e::objects::node(node, &[], &[("InternalIP", ip)]),
+        )
+        .await
+        .expect("node");
+    }
+    portway_e2e::objects::ensure_namespace(&admin, "shop")
+        .await
+        .expect("namespace");
+    let services: Api<Service> = Api::namespaced(admin.clone(), "shop");
+    let mut web =
+        portway_e2e::objects::load_balancer_service("shop", "web", &[("http", "TCP", 80)]);
+    services
+        .create(&PostParams::default(), &web)
+        .await
+        .expect("web");
+    web = portway_e2e::objects::load_balancer_service("shop", "lost", &[("http", "TCP", 81)]);
+    web.metadata.annotations = Some([("portway.dev/pool".to_owned(), "missing".to_owned())].into());
+    services
+        .create(&PostParams::default(), &web)
+        .await
+        .expect("lost");
+    let mut other =
+        portway_e2e::objects::load_balancer_service("shop", "other", &[("http", "TCP", 82)]);
+    other.metadata.finalizers = Some(vec!["example.com/keep".to_owned()]);
+    if let Some(spec) = other.spec.as_mut() {
+        spec.load_balancer_class = Some("example.com/lb".to_owned());
+    }
+    services
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("other");
+    let foreign = json!({"type": "example.com/Ready", "status": "True", "reason": "Fine",
+        "message": "set by another controller", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    services
+        .patch_status(
+            "web",
+            &PatchParams::apply("example.com").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "status": {"conditions": [foreign]}})),
+        )
+        .await
+        .expect("another controller's condition");
+    let daemonsets: Api<DaemonSet> = Api::namespaced(admin.clone(), NAMESPACE);
+    let not_ours: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "log-shipper", "labels": {"app": "log-shipper"}},
+        "spec": {"selector": {"matchLabels": {"app": "log-shipper"}},
+                 "template": {"metadata": {"labels": {"app": "log-shipper"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    }))
+    .expect("daemonset");
+    daemonsets
+        .create(&PostParams::default(), &not_ours)
+        .await
+        .expect("a DaemonSet that is not Portway's");
+    let other_version = services
+        .get("other")
+        .await
+        .expect("other")
+        .resource_version();
+
+    // 1. The real operator, as the chart's operator ServiceAccount.
+    let mut flags = portway_e2e::operator::base_flags(NAMESPACE);
+    flags.push("--clustercidr-enabled=false".to_owned());
+    let args = portway_e2e::operator::run_args(&flags).expect("flags");
+    let op_log = RequestLog::new();
+    let operator = portway_e2e::operator::Operator::start(
+        "chart-uninstall",
+        args,
+        env.client_spec(Identity::service_account(NAMESPACE, "portway-operator"))
+            .recorded(&op_log),
+        env.dir().expect("dir"),
+    )
+    .expect("operator");
+    let slbs: Api<ServiceLoadBalancer> = Api::namespaced(admin.clone(), "shop");
+    let generation =
+        portway_e2e::wait::eventually("the operator to place shop/web", WAIT, || async {
+            let ds = daemonsets.get_opt("portway-shop-web").await.ok()??;
+            let slb = slbs.get_opt("web").await.ok()??;
+            let rb = Api::<RoleBinding>::namespaced(admin.clone(), "shop")
+                .get_opt("portway-agent-status")
+                .await
+                .ok()??;
+            let _ = (ds, rb);
+            slb.metadata.generation
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(40)));
+    // An agent on node-a reports Forwarding (the agent's own status code, as field manager
+    // portway-agent/node-a): the operator publishes node-a and the Service turns Serving.
+    let entry = portway_crds::NodeForwardingStatus {
+        node: "node-a".to_owned(),
+        observed_generation: Some(generation),
+        addresses: vec!["10.42.0.5".to_owned()],
+        conditions: vec![portway_crds::condition::new(
+            "Forwarding",
+            true,
+            "RulesApplied",
+            "forwarding",
+            Some(generation),
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now"),
+            ),
+        )],
+    };
+    KubeStatus::new(admin.clone(), "shop", "web", "node-a")
+        .publish(&entry)
+        .await
+        .expect("agent report");
+    let served = portway_e2e::wait::eventually("shop/web to be Serving", WAIT, || async {
+        let svc = services.get("web").await.ok()?;
+        let ingress = svc
+            .status
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .ingress
+            .clone()?;
+        (portway_condition(&svc) == Some(("True".into(), "Serving".into())) && !ingress.is_empty())
+            .then_some(svc)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(40)));
+    let lost = portway_e2e::wait::eventually("shop/lost to say PoolNotFound", WAIT, || async {
+        let svc = services.get("lost").await.ok()?;
+        (portway_condition(&svc) == Some(("False".into(), "PoolNotFound".into()))).then_some(svc)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", operator.log_tail(40)));
+    assert!(
+        lost.finalizers().is_empty(),
+        "an unplaced Service gets no finalizer"
+    );
+    // Server-side apply of a list-map keyed by type: the operator owns only its own entry, the
+    // other controller's condition is still there.
+    let conditions: Vec<String> = served
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|c| c.iter().map(|c| c.type_.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        conditions,
+        ["example.com/Ready", "portway.dev/LoadBalancer"],
+        "another controller's condition must survive Portway's writes"
+    );
+    let mut owned: Vec<String> = owned_status_fields(&served, "servicelb.portway.dev")
+        .iter()
+        .map(|p| p.split(" > ").take(2).collect::<Vec<_>>().join(" > "))
+        .collect();
+    owned.sort();
+    owned.dedup();
+    assert_eq!(
+        owned,
+        [
+            "f:conditions > k:{\"type\":\"portway.dev/LoadBalancer\"}",
+            "f:loadBalancer > f:ingress"
+        ],
+        "Portway's field manager owns exactly its condition and the ingress"
+    );
+    assert!(
+        served
+            .finalizers()
+            .iter()
+            .any(|f| f == "servicelb.portway.dev/cleanup")
+    );
+
+    // 2. `helm uninstall` (in the background: it waits for the hook's Job).
+    let uninstall = {
+        let bin = helm.bin.clone();
+        let kc = kc.clone();
+        std::thread::spawn(move || {
+            Command::new(bin)
+                .args(["uninstall", RELEASE, "-n", NAMESPACE, "--timeout", "3m"])
+                .arg("--kubeconfig")
+                .arg(kc)
+                .output()
+        })
+    };
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), NAMESPACE);
+    let job =
+        portway_e2e::wait::eventually("Helm to create the pre-delete hook Job", WAIT, || async {
+            jobs.get_opt("portway-cleanup").await.ok()?
+        })
+        .await
+        .expect("the hook Job");
+    // Pre-delete: the release is still all there, and so is the hook's RBAC.
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NAMESPACE);
+    assert!(exists(&deployments, "portway-operator").await);
+    assert!(exists(&Api::<ClusterRole>::all(admin.clone()), "portway-operator").await);
+    assert!(exists(&Api::<ClusterRole>::all(admin.clone()), "portway-cleanup").await);
+    assert!(
+        exists(
+            &Api::<Role>::namespaced(admin.clone(), NAMESPACE),
+            "portway-cleanup"
+        )
+        .await
+    );
+
+    // The kubelet's part: stopping the operator's pods is what the Job's scale-down achieves in
+    // a cluster; the in-process operator is stopped the way SIGTERM stops it.
+    operator.stop().await.expect("operator stops");
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
+    let sa = pod.service_account_name.clone().expect("service account");
+    let argv: Vec<String> = std::iter::once("portway".to_owned())
+        .chain(pod.containers[0].args.clone().unwrap_or_default())
+        .collect();
+    let PortwayCommand::Cleanup(cleanup_args) = Cli::try_parse_from(&argv).expect("args").command
+    else {
+        panic!("the hook Job does not run portway cleanup: {argv:?}");
+    };
+    let mut opts = cleanup_args.options();
+    opts.poll = Duration::from_millis(200);
+    let as_hook = env
+        .client_spec(Identity::service_account(NAMESPACE, &sa))
+        .build()
+        .expect("hook client");
+    let missing = portway_operator::cli::cleanup::check_permissions(&as_hook, &opts)
+        .await
+        .expect("access reviews");
+    assert!(missing.is_empty(), "the hook's RBAC lacks {missing:?}");
+    let report = portway_operator::cleanup::run(&as_hook, &opts)
+        .await
+        .expect("portway cleanup as the hook's ServiceAccount");
+    assert!(report.ok(), "{}", report.render());
+    assert_eq!(
+        report.deleted_daemonsets,
+        [portway_operator::plan::Key::new(
+            NAMESPACE,
+            "portway-shop-web"
+        )]
+    );
+    assert_eq!(report.deleted_service_load_balancers.len(), 1);
+    assert_eq!(report.deleted_role_bindings.len(), 1);
+    assert_eq!(report.removed_finalizers.len(), 1);
+    assert_eq!(report.withdrawn_statuses.len(), 2, "{}", report.render());
+    assert_eq!(
+        report.deleted_pools,
+        ["default"],
+        "the default pool a post-install hook made is no release object: the hook removes it"
+    );
+    let stopped = deployments
+        .get("portway-operator")
+        .await
+        .expect("deployment");
+    assert_eq!(
+        stopped.spec.and_then(|s| s.replicas),
+        Some(0),
+        "the hook scaled the operator to 0 before anything was removed"
+    );
+
+    // The job controller's part: the Job succeeded.
+    let now = jiff::Timestamp::now().to_string();
+    jobs.patch_status(
+        "portway-cleanup",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "startTime": now, "completionTime": now, "succeeded": 1, "active": 0, "ready": 0,
+            "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+                 "message": "Reached expected number of succeeded pods", "lastProbeTime": now, "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+                 "message": "Reached expected number of succeeded pods", "lastProbeTime": now, "lastTransitionTime": now},
+            ]}})),
+    )
+    .await
+    .expect("mark the Job complete");
+    let out = uninstall
+        .join()
+        .expect("helm thread")
+        .expect("helm uninstall runs");
+    assert!(
+        out.status.success(),
+        "helm uninstall: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr_of(&out)
+    );
+
+    // 3. Nothing Portway made is left; what is not Portway's is untouched.
+    let managed = "app.kubernetes.io/managed-by=portway";
+    let left_ds = Api::<DaemonSet>::all(admin.clone())
+        .list(&ListParams::default().labels(managed))
+        .await
+        .expect("daemonsets");
+    assert!(
+        left_ds.items.is_empty(),
+        "{:?}",
+        left_ds
+            .items
+            .iter()
+            .map(|d| d.name_any())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        exists(&daemonsets, "log-shipper").await,
+        "not Portway's: kept"
+    );
+    let left_slbs = Api::<ServiceLoadBalancer>::all(admin.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("slbs");
+    assert!(left_slbs.items.is_empty());
+    let left_rbs = Api::<RoleBinding>::all(admin.clone())
+        .list(&ListParams::default().labels(managed))
+        .await
+        .expect("rolebindings");
+    assert!(left_rbs.items.is_empty());
+    for name in ["web", "lost"] {
+        let svc = services.get(name).await.expect("service");
+        assert!(
+            !svc.finalizers()
+                .iter()
+                .any(|f| f == "servicelb.portway.dev/cleanup"),
+            "{name}: finalizer left"
+        );
+        assert_eq!(portway_condition(&svc), None, "{name}: condition left");
+        assert!(
+            owned_status_fields(&svc, "servicelb.portway.dev").is_empty(),
+            "{name}: Portway still owns status fields"
+        );
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.clone())
+            .unwrap_or_default();
+        assert!(ingress.is_empty(), "{name}: ingress left: {ingress:?}");
+    }
+    let web_after = services.get("web").await.expect("web");
+    assert_eq!(
+        web_after
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(|c| c.iter().map(|c| c.type_.clone()).collect::<Vec<_>>()),
+        Some(vec!["example.com/Ready".to_owned()]),
+        "the other controller's condition survives the clean-up"
+    );
+    let other_after = services.get("other").await.expect("other");
+    assert_eq!(
+        other_after.resource_version(),
+        other_version,
+        "another class's Service untouched"
+    );
+    // The hook's objects went with its success; the release's with the uninstall.
+    assert!(!exists(&jobs, "portway-cleanup").await);
+    assert!(
+        !exists(
+            &Api::<ServiceAccount>::namespaced(admin.clone(), NAMESPACE),
+            "portway-cleanup"
+        )
+        .await
+    );
+    assert!(!exists(&Api::<ClusterRole>::all(admin.clone()), "portway-cleanup").await);
+    assert!(
+        !exists(
+            &Api::<ClusterRoleBinding>::all(admin.clone()),
+            "portway-cleanup"
+        )
+        .await
+    );
+    assert!(
+        !exists(
+            &Api::<Role>::namespaced(admin.clone(), NAMESPACE),
+            "portway-cleanup"
+        )
+        .await
+    );
+    assert!(
+        !exists(
+            &Api::<RoleBinding>::namespaced(admin.clone(), NAMESPACE),
+            "portway-cleanup"
+        )
+        .await
+    );
+    assert!(!exists(&deployments, "portway-operator").await);
+    let left_pools = Api::<portway_crds::LoadBalancerPool>::all(admin.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("pools");
+    assert!(
+        left_pools.items.is_empty(),
+        "pools left: {:?}",
+        left_pools
+            .items
+            .iter()
+            .map(|p| p.name_any())
+            .collect::<Vec<_>>()
+    );
+
+    // 4. Idempotent: a second run (by hand, after the uninstall) finds nothing and writes nothing.
+    let log = RequestLog::new();
+    let recorded = env
+        .client_spec(Identity::Admin)
+        .recorded(&log)
+        .build()
+        .expect("client");
+    let again = portway_operator::cleanup::run(&recorded, &opts)
+        .await
+        .expect("second run");
+    let writes: Vec<_> = log.all().into_iter().filter(|r| r.is_write()).collect();
+    assert!(
+        writes.is_empty(),
+        "{}",
+        portway_e2e::requests::describe(&writes)
+    );
+    assert_eq!(again.writes, 0);
+    assert_eq!(
+        again.operator,
+        Some(portway_operator::cleanup::OperatorStop::Absent)
+    );
+    report::line(&format!(
+        "{TEST}: operator made 1 DaemonSet, 1 ServiceLoadBalancer, 1 RoleBinding, 1 finalizer, 2 conditions, the chart 1 default pool; the pre-delete hook's portway cleanup ({} writes, as portway-cleanup) removed them all; 0 left, look-alikes untouched, hook objects gone; second run: 0 writes",
+        report.writes
     ));
 }
 

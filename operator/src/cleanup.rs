@@ -13,7 +13,8 @@
 //!    (`status.loadBalancer.ingress`, the `portway.dev/LoadBalancer` condition) with an empty
 //!    server-side apply, then remove the `servicelb.portway.dev/cleanup` finalizer.
 //! 4. **Delete the ServiceLoadBalancers** and 5. **the agents' `portway-agent-status`
-//!    RoleBindings**.
+//!    RoleBindings**; 6. with `--helm-release`, **the chart's default LoadBalancerPool** (an
+//!    install hook creates it, so it is no release object until an upgrade adopts it).
 //!
 //! Only objects that are Portway's are touched: DaemonSets, ServiceLoadBalancers and RoleBindings
 //! carrying Portway's labels, and Services carrying Portway's finalizer or status fields owned
@@ -30,8 +31,8 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource};
-use portway_crds::ServiceLoadBalancer;
 use portway_crds::names as n;
+use portway_crds::{LoadBalancerPool, ServiceLoadBalancer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -63,6 +64,10 @@ pub struct Options {
     pub poll: Duration,
     /// Report what would be done; change nothing.
     pub dry_run: bool,
+    /// Also delete the default LoadBalancerPool the Helm chart made for this release (labels
+    /// `app.kubernetes.io/component=default-pool`, `app.kubernetes.io/instance=<release>`): when
+    /// the install hook created it, it is no release object and would outlive the uninstall.
+    pub helm_release: Option<String>,
 }
 
 impl Options {
@@ -74,6 +79,7 @@ impl Options {
             timeout: Duration::from_secs(120),
             poll: Duration::from_secs(2),
             dry_run: false,
+            helm_release: None,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct Report {
     pub removed_finalizers: Vec<Key>,
     pub deleted_service_load_balancers: Vec<Key>,
     pub deleted_role_bindings: Vec<Key>,
+    /// The chart's default LoadBalancerPool (with `helm_release`).
+    pub deleted_pools: Vec<String>,
     /// Requests that failed (the run went on with the other objects).
     pub errors: Vec<String>,
     /// Write requests sent.
@@ -203,6 +211,13 @@ impl Report {
         for k in &self.deleted_role_bindings {
             let _ = writeln!(out, "{} RoleBinding {k}", verb("deleted", "would delete"));
         }
+        for p in &self.deleted_pools {
+            let _ = writeln!(
+                out,
+                "{} the chart's default LoadBalancerPool {p}",
+                verb("deleted", "would delete")
+            );
+        }
         for e in &self.errors {
             let _ = writeln!(out, "error: {e}");
         }
@@ -215,11 +230,12 @@ impl Report {
         services.dedup();
         let _ = writeln!(
             out,
-            "portway cleanup{}: {} DaemonSets, {} ServiceLoadBalancers, {} RoleBindings, {} Services released; {} agent pods left; {} errors; {} writes",
+            "portway cleanup{}: {} DaemonSets, {} ServiceLoadBalancers, {} RoleBindings, {} pools, {} Services released; {} agent pods left; {} errors; {} writes",
             if self.dry_run { " (dry run)" } else { "" },
             self.deleted_daemonsets.len(),
             self.deleted_service_load_balancers.len(),
             self.deleted_role_bindings.len(),
+            self.deleted_pools.len(),
             services.len(),
             self.agent_pods_remaining.len(),
             self.errors.len(),
@@ -335,6 +351,25 @@ pub fn is_portway_role_binding(rb: &RoleBinding) -> bool {
                 (n::LABEL_COMPONENT, n::COMPONENT_NODE_AGENT),
             ],
         )
+}
+
+/// Label selector of the Helm chart's default LoadBalancerPool of `release`.
+pub fn default_pool_selector(release: &str) -> String {
+    format!(
+        "app.kubernetes.io/part-of=portway,app.kubernetes.io/component=default-pool,app.kubernetes.io/instance={release}"
+    )
+}
+
+/// The Helm chart's default LoadBalancerPool of `release` (its labels).
+pub fn is_default_pool_of(pool: &LoadBalancerPool, release: &str) -> bool {
+    has_labels(
+        pool.metadata.labels.as_ref(),
+        &[
+            ("app.kubernetes.io/part-of", "portway"),
+            ("app.kubernetes.io/component", "default-pool"),
+            ("app.kubernetes.io/instance", release),
+        ],
+    )
 }
 
 /// Label selector of the agent pods (the DaemonSets' pod template labels include it).
@@ -640,6 +675,33 @@ impl Run<'_> {
         Ok(())
     }
 
+    async fn delete_default_pool(&mut self, release: &str) -> Result<(), Error> {
+        let api: Api<LoadBalancerPool> = Api::all(self.client.clone());
+        let found = match list_all(&api, &default_pool_selector(release), "LoadBalancerPools").await
+        {
+            Ok(f) => f,
+            Err(Error::Kube { source, .. }) if is_status(&source, 404) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for pool in found.iter().filter(|p| is_default_pool_of(p, release)) {
+            let name = pool.metadata.name.clone().unwrap_or_default();
+            if !self.opts.dry_run {
+                info!(pool = %name, "deleting the chart's default LoadBalancerPool");
+                self.wrote();
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => {
+                        self.failed(format!("delete LoadBalancerPool {name}: {e}"));
+                        continue;
+                    }
+                }
+            }
+            self.report.deleted_pools.push(name);
+        }
+        Ok(())
+    }
+
     /// Deletes a namespaced object (a missing one counts as deleted); false when it failed.
     async fn delete<K>(&mut self, key: &Key) -> bool
     where
@@ -684,6 +746,9 @@ pub async fn run(client: &Client, opts: &Options) -> Result<Report, Error> {
     run.release_services().await?;
     run.delete_service_load_balancers().await?;
     run.delete_role_bindings().await?;
+    if let Some(release) = &opts.helm_release {
+        run.delete_default_pool(release).await?;
+    }
     Ok(run.report)
 }
 

@@ -115,6 +115,8 @@ pub const CLEANUP: &[Permission] = &[
         "rolebindings",
         &["list", "delete"],
     ),
+    // `--helm-release`: the chart's default pool, which an install hook created.
+    p("portway.dev", "loadbalancerpools", &["list", "delete"]),
 ];
 
 /// `portway cleanup` in the operator's namespace only (Role `portway-cleanup`): list and delete

@@ -23,6 +23,7 @@ const DAEMONSETS: &str = "/apis/apps/v1/namespaces/portway-system/daemonsets";
 const SERVICES: &str = "/api/v1/services";
 const SLBS: &str = "/apis/portway.dev/v1alpha1/serviceloadbalancers";
 const RBS: &str = "/apis/rbac.authorization.k8s.io/v1/rolebindings";
+const POOLS: &str = "/apis/portway.dev/v1alpha1/loadbalancerpools";
 const WEB: &str = "/api/v1/namespaces/shop/services/web";
 const LOST: &str = "/api/v1/namespaces/shop/services/lost";
 /// How the label selectors reach the query string.
@@ -34,6 +35,7 @@ fn list(kind: &str, items: Vec<Value>) -> Value {
         "DaemonSet" => "apps/v1",
         "ServiceLoadBalancer" => "portway.dev/v1alpha1",
         "RoleBinding" => "rbac.authorization.k8s.io/v1",
+        "LoadBalancerPool" => "portway.dev/v1alpha1",
         _ => "v1",
     };
     json!({"apiVersion": api_version, "kind": format!("{kind}List"),
@@ -195,6 +197,25 @@ fn seed_populated(fake: &Fake) {
             ],
         ),
     );
+    fake.on_get(
+        POOLS,
+        200,
+        list(
+            "LoadBalancerPool",
+            vec![
+                json!({"apiVersion": "portway.dev/v1alpha1", "kind": "LoadBalancerPool",
+                       "metadata": {"name": "default", "labels": {
+                           "app.kubernetes.io/part-of": "portway",
+                           "app.kubernetes.io/component": "default-pool",
+                           "app.kubernetes.io/instance": "portway"}},
+                       "spec": {"nodeSelector": {}}}),
+                // The user's own pool (returned as if the selector were ignored): kept.
+                json!({"apiVersion": "portway.dev/v1alpha1", "kind": "LoadBalancerPool",
+                       "metadata": {"name": "edge", "labels": {"app.kubernetes.io/part-of": "portway"}},
+                       "spec": {"nodeSelector": {}}}),
+            ],
+        ),
+    );
     let agent_rb_labels =
         json!({n::LABEL_MANAGED_BY: n::MANAGED_BY, n::LABEL_COMPONENT: n::COMPONENT_NODE_AGENT});
     fake.on_get(
@@ -217,6 +238,7 @@ fn options() -> Options {
         timeout: Duration::from_secs(60),
         poll: Duration::from_secs(1),
         dry_run: false,
+        helm_release: Some("portway".into()),
     }
 }
 
@@ -254,6 +276,7 @@ async fn removes_everything_portway_made_in_order_and_nothing_else() {
             format!("PATCH {LOST}/status"),
             "DELETE /apis/portway.dev/v1alpha1/namespaces/shop/serviceloadbalancers/web".to_owned(),
             "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/portway-agent-status".to_owned(),
+            format!("DELETE {POOLS}/default"),
         ]
     );
     assert_eq!(writes[0].body, json!({"spec": {"replicas": 0}}));
@@ -310,10 +333,11 @@ async fn removes_everything_portway_made_in_order_and_nothing_else() {
         keys(&["shop/portway-agent-status"])
     );
     assert!(report.ok(), "{:?}", report.errors);
-    assert_eq!(report.writes, 7);
+    assert_eq!(report.deleted_pools, ["default"]);
+    assert_eq!(report.writes, 8);
     let text = report.render();
     assert!(
-        text.contains("portway cleanup: 1 DaemonSets, 1 ServiceLoadBalancers, 1 RoleBindings, 2 Services released; 0 agent pods left; 0 errors; 7 writes"),
+        text.contains("portway cleanup: 1 DaemonSets, 1 ServiceLoadBalancers, 1 RoleBindings, 1 pools, 2 Services released; 0 agent pods left; 0 errors; 8 writes"),
         "{text}"
     );
 }
@@ -342,6 +366,7 @@ fn seed_cleaned(fake: &Fake) {
     fake.on_get(SERVICES, 200, list("Service", svcs));
     fake.on_get(SLBS, 200, list("ServiceLoadBalancer", vec![]));
     fake.on_get(RBS, 200, list("RoleBinding", vec![]));
+    fake.on_get(POOLS, 200, list("LoadBalancerPool", vec![]));
 }
 
 #[tokio::test(start_paused = true)]
@@ -396,7 +421,7 @@ async fn agents_that_do_not_stop_are_reported_and_the_rest_goes_on() {
     );
     assert!(report.ok(), "a slow pod is a warning, not an error");
     assert!(report.render().contains("warning: 1 agent pods still present at the deadline: portway-system/portway-shop-web-2 on w2"));
-    assert_eq!(fake.writes().len(), 7, "everything else was still removed");
+    assert_eq!(fake.writes().len(), 8, "everything else was still removed");
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@ them (BRIEF contract 3), and one Portway serves a whole cluster.
 {{- define "portway.operatorName" -}}portway-operator{{- end }}
 {{- define "portway.agentClusterRole" -}}portway-agent{{- end }}
 {{- define "portway.agentStatusClusterRole" -}}portway-agent-status{{- end }}
+{{- define "portway.cleanupName" -}}portway-cleanup{{- end }}
 
 {{/* Labels on every object of the release. */}}
 {{- define "portway.labels" -}}

@@ -25,6 +25,10 @@ pub struct Args {
     /// still there at the end are reported and the clean-up goes on.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout_seconds: u64,
+    /// Also delete the default LoadBalancerPool the Helm chart made for this release (the hook
+    /// passes its release name; an install hook creates that pool, so it is no release object).
+    #[arg(long, value_name = "RELEASE")]
+    pub helm_release: Option<String>,
     /// Print what would be removed; change nothing.
     #[arg(long, default_value_t = false)]
     pub dry_run: bool,
@@ -42,6 +46,7 @@ impl Args {
             timeout: Duration::from_secs(self.timeout_seconds),
             poll: Duration::from_secs(2),
             dry_run: self.dry_run,
+            helm_release: self.helm_release.clone().filter(|s| !s.is_empty()),
         }
     }
 }

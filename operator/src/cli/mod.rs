@@ -66,6 +66,7 @@ mod tests {
             "--namespace=ops",
             "--stop-operator=portway-operator",
             "--timeout-seconds=30",
+            "--helm-release=portway",
         ])
         .expect("parses");
         let Command::Cleanup(args) = cli.command else {
@@ -76,6 +77,7 @@ mod tests {
         assert_eq!(opts.stop_operator.as_deref(), Some("portway-operator"));
         assert_eq!(opts.timeout.as_secs(), 30);
         assert!(!opts.dry_run);
+        assert_eq!(opts.helm_release.as_deref(), Some("portway"));
         assert!(Cli::try_parse_from(["portway", "cleanup", "--timeout-seconds=0"]).is_err());
     }
 }
