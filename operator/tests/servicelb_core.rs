@@ -1265,3 +1265,56 @@ spec: {type: LoadBalancer, clusterIP: 10.43.0.12, ports: []}
         assert!(wide.contains(want), "no {want:?} in\n{wide}");
     }
 }
+
+#[test]
+fn plan_wide_shows_pod_cidrs_per_node_and_cluster_cidr_use_as_tables() {
+    use portway_operator::cli::plan::{Args, Format, render};
+    let mut set = portway_operator::input::InputSet::default();
+    let yaml = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+spec: {podCIDR: 10.42.7.0/24, podCIDRs: [10.42.7.0/24]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n3}
+---
+apiVersion: portway.dev/v1alpha1
+kind: ClusterCIDR
+metadata: {name: small}
+spec: {perNodeHostBits: 8, ipv4: 10.42.6.0/23}
+"#;
+    set.add_yaml("test.yaml", yaml).expect("yaml");
+    let args = Args {
+        paths: vec![],
+        output: Format::Wide,
+        servicelb: portway_operator::controllers::servicelb::ServiceLbArgs {
+            load_balancer_class: "portway.dev/servicelb".into(),
+            namespace: "portway-system".into(),
+            agent_image: "agent:test".into(),
+            agent_service_account: "portway-agent".into(),
+            agent_status_cluster_role: "portway-agent-status".into(),
+            agent_forwarding_sysctls: false,
+        },
+    };
+    let wide = render(&set, &args, t(0));
+    let row = |first: &str| -> Vec<String> {
+        wide.lines()
+            .find(|l| l.split_whitespace().next() == Some(first))
+            .unwrap_or_else(|| panic!("no row {first} in\n{wide}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    // Adopted first, then allocation in name order: n1 gets the other /24, n3 waits.
+    assert_eq!(row("n1")[..4], ["n1", "Allocated", "small", "10.42.6.0/24"]);
+    assert_eq!(row("n2")[..4], ["n2", "Adopted", "small", "10.42.7.0/24"]);
+    assert_eq!(row("n3")[..4], ["n3", "Waiting", "-", "-"]);
+    assert_eq!(row("small"), ["small", "2/2", "-", "False", "True", "True"]);
+    assert!(!wide.contains("podCIDRs:"), "tables, not YAML:\n{wide}");
+}

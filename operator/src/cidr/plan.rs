@@ -40,7 +40,7 @@ pub enum NodeCidrState {
 }
 
 impl NodeCidrState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             NodeCidrState::Adopted => "Adopted",
             NodeCidrState::Allocated => "Allocated",

@@ -181,6 +181,66 @@ fn render_yaml(
     out
 }
 
+/// The CIDR plan as two tables: what each Node has or gets, and each ClusterCIDR's use.
+fn cidr_tables(plan: &crate::cidr::CidrPlan) -> String {
+    let mut nodes = vec![
+        ["NODE", "CIDR STATE", "CLUSTERCIDR", "POD CIDRS", "REASON"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for n in &plan.nodes {
+        nodes.push(vec![
+            n.node.clone(),
+            n.state.as_str().to_owned(),
+            n.cluster_cidr.clone().unwrap_or_else(|| "-".to_owned()),
+            if n.pod_cidrs.is_empty() {
+                "-".to_owned()
+            } else {
+                n.pod_cidrs.join(",")
+            },
+            n.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    let usage = |u: &Option<portway_crds::FamilyUsage>| {
+        u.as_ref()
+            .map(|u| format!("{}/{}", u.allocated, u.capacity))
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    let mut ccs = vec![
+        [
+            "CLUSTERCIDR",
+            "IPV4 USED",
+            "IPV6 USED",
+            "READY",
+            "NEARLYFULL",
+            "EXHAUSTED",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for c in &plan.cluster_cidrs {
+        let status = |t: &str| {
+            c.conditions
+                .iter()
+                .find(|x| x.type_ == t)
+                .map(|x| x.status.clone())
+                .unwrap_or_else(|| "-".to_owned())
+        };
+        ccs.push(vec![
+            c.name.clone(),
+            usage(&c.ipv4),
+            usage(&c.ipv6),
+            status(portway_crds::condition::types::READY),
+            status(portway_crds::condition::types::NEARLY_FULL),
+            status(portway_crds::condition::types::EXHAUSTED),
+        ]);
+    }
+    let mut out = table(&nodes);
+    out.push('\n');
+    out.push_str(&table(&ccs));
+    out
+}
+
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
@@ -298,10 +358,7 @@ fn render_wide(
     out.push_str(&table(&pools));
     out.push('\n');
     match cidrs {
-        Ok(plan) => {
-            let _ = writeln!(out, "Pod CIDRs per Node:");
-            out.push_str(&yaml(plan));
-        }
+        Ok(plan) => out.push_str(&cidr_tables(plan)),
         Err(e) => {
             let _ = writeln!(out, "Pod CIDRs per Node: not shown: {e}");
         }
