@@ -1034,3 +1034,97 @@ async fn pool_deleted_under_a_served_service_leaves_the_reason_on_the_service() 
         "True -> False: the transition time moves"
     );
 }
+
+/// managedFields of a DaemonSet: Portway's apply, plus `others` as (manager, subresource).
+fn managed_fields(others: &[(&str, &str)]) -> Value {
+    let mut v = vec![json!({
+        "manager": "servicelb.portway.dev", "operation": "Apply", "apiVersion": "apps/v1",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:metadata": {"f:labels": {}}, "f:spec": {"f:template": {"f:spec": {}}}},
+    })];
+    for (manager, sub) in others {
+        let fields = if sub.is_empty() {
+            json!({"f:spec": {"f:template": {"f:spec": {"f:containers":
+                {"k:{\"name\":\"agent\"}": {"f:image": {}}}}}}})
+        } else {
+            json!({"f:status": {"f:numberReady": {}}})
+        };
+        v.push(
+            json!({"manager": manager, "operation": "Update", "apiVersion": "apps/v1",
+                      "fieldsType": "FieldsV1", "fieldsV1": fields, "subresource": sub}),
+        );
+    }
+    Value::Array(v)
+}
+
+/// The DaemonSet as the operator's watch caches it (managedFields read, then dropped).
+fn as_watched(ds: &DaemonSet, managed: Value) -> DaemonSet {
+    use portway_operator::controllers::servicelb::watch::Slim;
+    let mut v = serde_json::to_value(ds).expect("json");
+    v["metadata"]["managedFields"] = managed;
+    let mut ds: DaemonSet = parse(v);
+    ds.slim();
+    ds
+}
+
+#[tokio::test]
+async fn a_daemonset_edited_while_the_operator_was_down_is_applied_again_after_a_restart() {
+    let mut state = served_state().await;
+    let svc = state.services[0].clone();
+    let ds_writes = |w: &World| -> Vec<String> {
+        lines(&w.fake.writes())
+            .into_iter()
+            .filter(|l| l.contains("/daemonsets/"))
+            .collect()
+    };
+
+    // A fresh process (restart, new leader): only Portway and the DaemonSet controller (status)
+    // manage the DaemonSet: nothing to write.
+    let untouched = as_watched(
+        &state.daemonsets[0],
+        managed_fields(&[("kube-controller-manager", "status")]),
+    );
+    state.daemonsets = vec![untouched];
+    let w = world(&state);
+    w.reconcile(&svc).await.expect("restart");
+    assert_eq!(ds_writes(&w), Vec::<String>::new());
+
+    // Edited while no operator ran (kubectl edit owns the agent's image now): the hash still
+    // matches, but the new process sees the foreign owner and applies once.
+    let mut edited = state.daemonsets[0].clone();
+    edited.metadata.generation = Some(2);
+    let edited = as_watched(
+        &edited,
+        managed_fields(&[("kube-controller-manager", "status"), ("kubectl-edit", "")]),
+    );
+    assert_eq!(
+        edited
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(watch::SPEC_EDITED_BY_CACHE_MARK))
+            .map(String::as_str),
+        Some("kubectl-edit")
+    );
+    state.daemonsets = vec![edited];
+    let mut w = world(&state);
+    w.reconcile(&svc).await.expect("repair");
+    assert_eq!(ds_writes(&w), [format!("PATCH {DS}")]);
+
+    // The apply's answer is what this process compares with from now on: the object seen again
+    // at that generation, with the editor still owning a field, is left alone: no loop.
+    let key = portway_operator::plan::Key::new("portway-system", "portway-ns-web");
+    let answered = w
+        .ctx
+        .applied_generation(&key)
+        .expect("the apply's generation");
+    state.daemonsets[0].metadata.generation = Some(answered);
+    w.fake.clear();
+    w.set(&state);
+    w.reconcile(&svc).await.expect("after repair");
+    assert_eq!(
+        ds_writes(&w),
+        Vec::<String>::new(),
+        "one repair, not a loop"
+    );
+}

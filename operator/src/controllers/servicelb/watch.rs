@@ -258,14 +258,60 @@ impl Slim for k8s_openapi::api::discovery::v1::EndpointSlice {
     }
 }
 
+/// Annotation that exists only in the operator's DaemonSet cache (never on the server): the
+/// field manager other than Portway's that owns fields of the DaemonSet's `spec`, i.e. someone
+/// edited it. Read by `writes::apply_daemonset` when it has no generation of its own apply to
+/// compare with (after a restart or a leader hand-over).
+pub const SPEC_EDITED_BY_CACHE_MARK: &str = "cache.portway.dev/spec-edited-by";
+
+/// The first field manager other than `ours` that owns fields under `spec` (not through a
+/// subresource such as `status`), if any.
+pub fn foreign_spec_manager(
+    managed: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry]>,
+    ours: &str,
+) -> Option<String> {
+    managed?.iter().find_map(|m| {
+        let manager = m.manager.as_deref().unwrap_or_default();
+        let main_resource = m.subresource.as_deref().is_none_or(str::is_empty);
+        let owns_spec = m
+            .fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:spec"))
+            .and_then(serde_json::Value::as_object)
+            .is_some_and(|o| !o.is_empty());
+        (manager != ours && main_resource && owns_spec).then(|| {
+            if manager.is_empty() {
+                "(unnamed manager)".to_owned()
+            } else {
+                manager.to_owned()
+            }
+        })
+    })
+}
+
 impl Slim for k8s_openapi::api::apps::v1::DaemonSet {
     /// Keeps metadata only: the desired-hash annotation says whether the spec is Portway's
     /// latest, and the generation the last apply returned (remembered in memory) catches edits
-    /// by anyone else.
+    /// by anyone else while the operator runs. Edits made before it started (while it was down,
+    /// or under another leader) show in managedFields: a foreign manager owning `spec` fields is
+    /// kept as the cache-only `SPEC_EDITED_BY_CACHE_MARK` annotation before managedFields go.
     fn slim(&mut self) {
+        let editor = foreign_spec_manager(
+            self.metadata.managed_fields.as_deref(),
+            super::FIELD_MANAGER,
+        );
         self.metadata.managed_fields = None;
         self.spec = None;
         self.status = None;
+        if let Some(a) = self.metadata.annotations.as_mut() {
+            a.remove(SPEC_EDITED_BY_CACHE_MARK);
+        }
+        if let Some(editor) = editor {
+            self.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(SPEC_EDITED_BY_CACHE_MARK.to_owned(), editor);
+        }
     }
 }
 

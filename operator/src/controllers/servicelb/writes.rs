@@ -174,8 +174,10 @@ pub async fn apply_slb_status(
 }
 
 /// Applies a DaemonSet unless the live one carries the desired hash and has not been changed
-/// by anyone else since Portway's last apply (same generation as that apply returned; after a
-/// restart the hash alone decides). The DaemonSet store keeps metadata only.
+/// by anyone else: since Portway's last apply, the generation must be the one that apply
+/// returned; before any apply of this process (after a restart or a leader hand-over), no other
+/// field manager may own fields of its spec (see `watch::SPEC_EDITED_BY_CACHE_MARK`). The
+/// DaemonSet store keeps metadata only.
 pub async fn apply_daemonset(
     ctx: &Context,
     desired: &DaemonSet,
@@ -190,14 +192,22 @@ pub async fn apply_daemonset(
                 .and_then(|a| a.get(DESIRED_HASH_ANNOTATION))
                 .cloned()
         };
-        let untouched = ctx
-            .applied_generation(&key)
-            .is_none_or(|g| Some(g) == live.metadata.generation);
+        let untouched = match ctx.applied_generation(&key) {
+            Some(g) => Some(g) == live.metadata.generation,
+            None => live
+                .metadata
+                .annotations
+                .as_ref()
+                .is_none_or(|a| !a.contains_key(super::watch::SPEC_EDITED_BY_CACHE_MARK)),
+        };
         if hash(live) == hash(desired)
             && untouched
             && diff::serialized_subset(&desired.metadata.labels, &live.metadata.labels)
         {
             return Ok(());
+        }
+        if !untouched {
+            tracing::info!(daemonset = %key, "DaemonSet was edited by someone else; applying Portway's spec again");
         }
     }
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
