@@ -82,8 +82,12 @@ fn ci_workflow_runs_the_test_command_and_the_fuzzers() {
     let test = scripts(&wf["jobs"]["test"]);
     assert!(test.contains(".ci/run"), "{test}");
     let fuzz = scripts(&wf["jobs"]["fuzz"]);
-    assert!(fuzz.contains("cargo +nightly fuzz list"), "{fuzz}");
-    assert!(fuzz.contains("-max_total_time="), "{fuzz}");
+    assert!(fuzz.contains("bash fuzz/run.sh 60"), "{fuzz}");
+    assert!(fuzz.contains("cargo +nightly install cargo-fuzz"), "{fuzz}");
+    // fuzz/run.sh runs every target for the given time and fails on a crash.
+    let run = std::fs::read_to_string(portway_e2e::envtest::workspace_root().join("fuzz/run.sh"))
+        .expect("fuzz/run.sh");
+    assert!(run.contains("cargo +nightly fuzz list") && run.contains("-max_total_time="));
     // Both workflows trigger on pull requests.
     for name in ["ci.yml", "e2e.yml"] {
         let on = &workflow(name)["on"];
