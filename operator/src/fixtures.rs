@@ -179,6 +179,14 @@ pub fn slice(ns: &str, svc: &str, endpoints: &[(&str, bool)]) -> EndpointSlice {
 /// `slb` as stored after the operator applied it (generation 1), with `forwarding` agents
 /// reporting `Forwarding=True`.
 pub fn reported(slb: &ServiceLoadBalancer, forwarding: &[&str]) -> ServiceLoadBalancer {
+    let reports: Vec<(&str, bool)> = forwarding.iter().map(|n| (*n, true)).collect();
+    reported_as(slb, &reports)
+}
+
+/// `slb` as stored after the operator applied it (generation 1), with one `status.nodes` entry
+/// per `(node, forwarding)`, in that order: `Forwarding=True` (`RulesApplied`) or `False`
+/// (`ShuttingDown`, what a stopped agent leaves).
+pub fn reported_as(slb: &ServiceLoadBalancer, reports: &[(&str, bool)]) -> ServiceLoadBalancer {
     let mut slb = slb.clone();
     slb.metadata.generation = Some(1);
     slb.metadata.uid = Some(format!(
@@ -186,20 +194,31 @@ pub fn reported(slb: &ServiceLoadBalancer, forwarding: &[&str]) -> ServiceLoadBa
         slb.metadata.name.clone().unwrap_or_default()
     ));
     let status = slb.status.get_or_insert_with(Default::default);
-    status.nodes = forwarding
+    status.nodes = reports
         .iter()
-        .map(|n| NodeForwardingStatus {
+        .map(|(n, forwarding)| NodeForwardingStatus {
             node: (*n).to_owned(),
             observed_generation: Some(1),
             addresses: vec![],
-            conditions: vec![condition::new(
-                types::FORWARDING,
-                true,
-                reasons::RULES_APPLIED,
-                "rules applied",
-                Some(1),
-                &t(500),
-            )],
+            conditions: vec![if *forwarding {
+                condition::new(
+                    types::FORWARDING,
+                    true,
+                    reasons::RULES_APPLIED,
+                    "rules applied",
+                    Some(1),
+                    &t(500),
+                )
+            } else {
+                condition::new(
+                    types::FORWARDING,
+                    false,
+                    reasons::SHUTTING_DOWN,
+                    "the agent got SIGTERM and removed its rules",
+                    Some(1),
+                    &t(600),
+                )
+            }],
         })
         .collect();
     slb

@@ -1254,6 +1254,10 @@ spec: {type: LoadBalancer, clusterIP: 10.43.0.12, ports: []}
     assert_eq!(status_of("lost")["reason"], "PoolNotFound");
     assert_eq!(status_of("lost")["status"], "False");
     assert_eq!(status_of("odd")["reason"], "InvalidService");
+    assert!(
+        !yaml_out.contains("stale status.nodes"),
+        "no ServiceLoadBalancer given, nothing stale:\n{yaml_out}"
+    );
     let wide = render(&set, &args(Format::Wide), t(0));
     for want in [
         "shop/lost   no_pool",
@@ -1317,4 +1321,322 @@ spec: {perNodeHostBits: 8, ipv4: 10.42.6.0/23}
     assert_eq!(row("n3")[..4], ["n3", "Waiting", "-", "-"]);
     assert_eq!(row("small"), ["small", "2/2", "-", "False", "True", "True"]);
     assert!(!wide.contains("podCIDRs:"), "tables, not YAML:\n{wide}");
+}
+
+/// Sets (or, with `None`, removes) a label of the named Node.
+fn relabel(mut nodes: Vec<Node>, name: &str, key: &str, value: Option<&str>) -> Vec<Node> {
+    for n in &mut nodes {
+        if n.metadata.name.as_deref() == Some(name) {
+            let labels = n.metadata.labels.get_or_insert_with(BTreeMap::new);
+            match value {
+                Some(v) => labels.insert(key.into(), v.into()),
+                None => labels.remove(key),
+            };
+        }
+    }
+    nodes
+}
+
+fn without(nodes: Vec<Node>, gone: &[&str]) -> Vec<Node> {
+    nodes
+        .into_iter()
+        .filter(|n| !gone.contains(&n.metadata.name.as_deref().unwrap_or_default()))
+        .collect()
+}
+
+fn not_ready(mut nodes: Vec<Node>, name: &str) -> Vec<Node> {
+    for n in &mut nodes {
+        if n.metadata.name.as_deref() == Some(name) {
+            n.status.as_mut().expect("status").conditions =
+                Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                    ..Default::default()
+                }]);
+        }
+    }
+    nodes
+}
+
+struct StaleCase {
+    name: &'static str,
+    /// Services; `ns/web` is the one looked at.
+    services: Vec<Service>,
+    /// The Nodes and pools now (the ServiceLoadBalancer was written while every worker was in
+    /// pool `all`).
+    nodes: Vec<Node>,
+    pools: Vec<LoadBalancerPool>,
+    /// `ns/web`'s `status.nodes`: (node, Forwarding=True?).
+    reports: Vec<(&'static str, bool)>,
+    expect_state: ServiceState,
+    expect: Vec<&'static str>,
+}
+
+fn stale_cases() -> Vec<StaleCase> {
+    let all = || pool("all", &[("role", "worker")], 0);
+    let web = || service("ns", "web", &["TCP/80"], 20);
+    vec![
+        StaleCase {
+            name: "node left the pool (label changed) and its agent reported False: pruned",
+            services: vec![web()],
+            nodes: relabel(workers(), "w2", "role", Some("storage")),
+            pools: vec![all()],
+            reports: vec![("w1", true), ("w2", false), ("w3", true)],
+            expect_state: ServiceState::Serving,
+            expect: vec!["w2"],
+        },
+        StaleCase {
+            name: "node left the pool but still says Forwarding=True: kept until its agent reports",
+            services: vec![web()],
+            nodes: relabel(workers(), "w2", "role", None),
+            pools: vec![all()],
+            reports: vec![("w1", true), ("w2", true)],
+            expect_state: ServiceState::Serving,
+            expect: vec![],
+        },
+        StaleCase {
+            name: "pool's nodeSelector changed: the nodes it dropped are pruned once False",
+            services: vec![web()],
+            nodes: workers(),
+            pools: vec![pool("all", &[("zone", "a")], 0)],
+            reports: vec![("w1", true), ("w2", false), ("w3", true)],
+            expect_state: ServiceState::Serving,
+            expect: vec!["w2"],
+        },
+        StaleCase {
+            name: "Node objects deleted: pruned, Forwarding=True or not",
+            services: vec![web()],
+            nodes: without(workers(), &["w2", "w3"]),
+            pools: vec![all()],
+            reports: vec![("w1", true), ("w2", false), ("w3", true)],
+            expect_state: ServiceState::Serving,
+            expect: vec!["w2", "w3"],
+        },
+        StaleCase {
+            name: "node in the pool with Forwarding=False (agent restarting): kept",
+            services: vec![web()],
+            nodes: workers(),
+            pools: vec![all()],
+            reports: vec![("w1", true), ("w2", false), ("w3", false)],
+            expect_state: ServiceState::Serving,
+            expect: vec![],
+        },
+        StaleCase {
+            name: "NotReady node the DaemonSet still targets, Forwarding=False: kept",
+            services: vec![web()],
+            nodes: not_ready(workers(), "w2"),
+            pools: vec![all()],
+            reports: vec![("w1", true), ("w2", false)],
+            expect_state: ServiceState::Serving,
+            expect: vec![],
+        },
+        StaleCase {
+            name: "node excluded from external load balancers, Forwarding=False: pruned",
+            services: vec![web()],
+            nodes: relabel(
+                workers(),
+                "w3",
+                "node.kubernetes.io/exclude-from-external-load-balancers",
+                Some(""),
+            ),
+            pools: vec![all()],
+            reports: vec![("w1", true), ("w3", false)],
+            expect_state: ServiceState::Serving,
+            expect: vec!["w3"],
+        },
+        StaleCase {
+            name: "nodes blocked by an older Service's port: False pruned, True kept",
+            services: vec![
+                annotate(
+                    service("ns", "old", &["TCP/80"], 10),
+                    "portway.dev/pool",
+                    "zone-a",
+                ),
+                web(),
+            ],
+            nodes: workers(),
+            pools: vec![
+                all(),
+                pool_with(
+                    pool("zone-a", &[("zone", "a")], 0),
+                    json!({"autoAssign": false}),
+                ),
+            ],
+            reports: vec![("w1", false), ("w2", true), ("w3", true)],
+            expect_state: ServiceState::Serving,
+            expect: vec!["w1"],
+        },
+        StaleCase {
+            name: "port conflict on every node (no DaemonSet): every False entry pruned",
+            services: vec![service("ns", "old", &["TCP/80"], 10), web()],
+            nodes: workers(),
+            pools: vec![all()],
+            reports: vec![("w3", false), ("w1", false), ("w2", true)],
+            expect_state: ServiceState::PortConflict,
+            expect: vec!["w1", "w3"],
+        },
+        StaleCase {
+            name: "Service not served any more (its pool is gone): nothing",
+            services: vec![web()],
+            nodes: without(workers(), &["w3"]),
+            pools: vec![],
+            reports: vec![("w1", false), ("w3", true)],
+            expect_state: ServiceState::NoPool,
+            expect: vec![],
+        },
+        StaleCase {
+            name: "no ServiceLoadBalancer status yet: nothing",
+            services: vec![web()],
+            nodes: workers(),
+            pools: vec![all()],
+            reports: vec![],
+            expect_state: ServiceState::Waiting,
+            expect: vec![],
+        },
+    ]
+}
+
+/// Entries of `status.nodes` whose node no longer serves the Service are planned for removal once
+/// they cannot mislead: the Node is gone, or the agent reported Forwarding=False. Never an entry
+/// of a node the DaemonSet targets, never a Forwarding=True entry of an existing Node.
+#[test]
+fn stale_node_entries_table() {
+    for case in stale_cases() {
+        // The ServiceLoadBalancer as written while every worker was in pool `all`, then the
+        // agents' reports, then the cluster as it is now.
+        let before = desired_state(
+            &Observed {
+                services: arcs(case.services.clone()),
+                nodes: arcs(workers()),
+                pools: arcs(vec![pool("all", &[("role", "worker")], 0)]),
+                ..Default::default()
+            },
+            &config(),
+        );
+        let slb = find(&before, "ns/web")
+            .service_load_balancer
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no ServiceLoadBalancer", case.name));
+        let d = desired_state(
+            &Observed {
+                services: arcs(case.services),
+                nodes: arcs(case.nodes),
+                pools: arcs(case.pools),
+                service_load_balancers: arcs(vec![reported_as(slb, &case.reports)]),
+                ..Default::default()
+            },
+            &config(),
+        );
+        let p = find(&d, "ns/web");
+        assert_eq!(p.state, case.expect_state, "{}", case.name);
+        assert_eq!(p.stale_node_entries, case.expect, "{}", case.name);
+    }
+}
+
+/// The plan is the same whatever order the agents' entries and the Nodes come in.
+#[test]
+fn stale_node_entries_do_not_depend_on_input_order() {
+    let svc = service("ns", "web", &["TCP/80"], 1);
+    let first = desired_state(
+        &Observed {
+            services: arcs(vec![svc.clone()]),
+            nodes: arcs(workers()),
+            pools: arcs(vec![pool("all", &[("role", "worker")], 0)]),
+            ..Default::default()
+        },
+        &config(),
+    );
+    let slb = find(&first, "ns/web")
+        .service_load_balancer
+        .clone()
+        .expect("ServiceLoadBalancer");
+    let plan_with = |reports: &[(&str, bool)], nodes: Vec<Node>| {
+        let d = desired_state(
+            &Observed {
+                services: arcs(vec![svc.clone()]),
+                nodes: arcs(nodes),
+                pools: arcs(vec![pool("all", &[("zone", "b")], 0)]),
+                service_load_balancers: arcs(vec![reported_as(&slb, reports)]),
+                ..Default::default()
+            },
+            &config(),
+        );
+        find(&d, "ns/web").stale_node_entries.clone()
+    };
+    let a = plan_with(
+        &[("w3", false), ("gone", true), ("w1", false), ("w2", false)],
+        workers(),
+    );
+    let mut reversed = workers();
+    reversed.reverse();
+    let b = plan_with(
+        &[("w1", false), ("w2", false), ("gone", true), ("w3", false)],
+        reversed,
+    );
+    assert_eq!(a, ["gone", "w1", "w3"]);
+    assert_eq!(a, b);
+}
+
+/// `portway plan` names the stale entries of a ServiceLoadBalancer it is given.
+#[test]
+fn plan_names_stale_node_entries() {
+    use portway_operator::cli::plan::{Args, Format, render};
+    let mut set = portway_operator::input::InputSet::default();
+    let yaml = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: w1, labels: {role: worker}}
+status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: w2, labels: {role: storage}}
+status: {addresses: [{type: InternalIP, address: 192.168.0.2}]}
+---
+apiVersion: portway.dev/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: workers}
+spec: {nodeSelector: {matchLabels: {role: worker}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {type: LoadBalancer, clusterIP: 10.43.0.10, ports: [{name: http, port: 80, protocol: TCP}]}
+---
+apiVersion: portway.dev/v1alpha1
+kind: ServiceLoadBalancer
+metadata: {name: web, namespace: shop}
+spec:
+  pool: workers
+  ports: [{name: http, protocol: TCP, port: 80, hostPort: 80}]
+  clusterIPs: [10.43.0.10]
+  ipFamilies: [IPv4]
+status:
+  nodes:
+    - node: w1
+      conditions: [{type: Forwarding, status: "False", reason: ShuttingDown, message: stopped, lastTransitionTime: "2026-01-01T00:00:00Z"}]
+    - node: w2
+      conditions: [{type: Forwarding, status: "False", reason: ShuttingDown, message: stopped, lastTransitionTime: "2026-01-01T00:00:00Z"}]
+    - node: gone
+      conditions: [{type: Forwarding, status: "True", reason: RulesApplied, message: ok, lastTransitionTime: "2026-01-01T00:00:00Z"}]
+"#;
+    set.add_yaml("test.yaml", yaml).expect("yaml");
+    assert!(set.skipped.is_empty(), "{:?}", set.skipped);
+    let args = Args {
+        paths: vec![],
+        output: Format::Yaml,
+        servicelb: portway_operator::controllers::servicelb::ServiceLbArgs {
+            load_balancer_class: "portway.dev/servicelb".into(),
+            namespace: "portway-system".into(),
+            agent_image: "agent:test".into(),
+            agent_service_account: "portway-agent".into(),
+            agent_status_cluster_role: "portway-agent-status".into(),
+            agent_forwarding_sysctls: false,
+        },
+    };
+    let out = render(&set, &args, t(0));
+    assert!(
+        out.contains("# stale status.nodes entries the operator removes: gone, w2\n"),
+        "{out}"
+    );
 }

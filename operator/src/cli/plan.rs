@@ -128,6 +128,13 @@ fn render_yaml(
             ingress_list(p)
         );
         comment_lines(&mut out, &message);
+        if !p.stale_node_entries.is_empty() {
+            let _ = writeln!(
+                out,
+                "# stale status.nodes entries the operator removes: {}",
+                p.stale_node_entries.join(", ")
+            );
+        }
         if let Some(ds) = &p.daemonset {
             out.push_str(&yaml(ds));
             let _ = writeln!(out, "---");

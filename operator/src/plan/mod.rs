@@ -20,6 +20,7 @@ pub mod names;
 pub mod pools;
 pub mod rbac;
 pub mod service;
+pub mod stale;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -227,6 +228,10 @@ pub struct ServicePlan {
     pub service_condition: Option<Condition>,
     /// Events to publish on the Service for what changed since the observed state.
     pub events: Vec<PlannedEvent>,
+    /// Nodes whose `status.nodes` entry in the observed ServiceLoadBalancer is stale (see
+    /// [`stale`]): the operator removes them. Sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stale_node_entries: Vec<String>,
 }
 
 fn serialize_shared<S: serde::Serializer>(

@@ -31,7 +31,7 @@ const MAX_LISTED: usize = 4;
 
 use super::assign::{Assignment, NodeInfo, Placed, Placement, ServiceAssignment};
 use super::{
-    Config, FinalizerAction, Key, ServicePlan, ServiceState, conditions, daemonset, ingress,
+    Config, FinalizerAction, Key, ServicePlan, ServiceState, conditions, daemonset, ingress, stale,
 };
 
 fn cond(
@@ -124,6 +124,7 @@ pub fn plan_service_cached(
         conditions: Vec::new(),
         service_condition: None,
         events: Vec::new(),
+        stale_node_entries: Vec::new(),
     };
     let unplaced = |plan: &mut ServicePlan, state, reason: &str, message: String| {
         plan.state = state;
@@ -186,6 +187,7 @@ fn plan_placed(
 ) {
     plan.finalizer = FinalizerAction::Ensure;
     plan.pool = Some(placed.pool.clone());
+    plan.stale_node_entries = stale::stale_node_entries(placed, assignment, slb);
     let Some(pool) = assignment.pools.get(&placed.pool) else {
         return;
     };
