@@ -47,6 +47,8 @@ struct State {
     role_bindings: Vec<RoleBinding>,
     /// Pools (default: one pool `all` over the workers, without status).
     pools: Option<Vec<LoadBalancerPool>>,
+    /// Nodes (default: [`nodes`], workers w1 and w2).
+    nodes: Option<Vec<Node>>,
 }
 
 struct World {
@@ -120,7 +122,7 @@ fn world(state: &State) -> World {
         daemonsets: dw,
         role_bindings: rw,
     };
-    fill(&mut w.nodes, nodes());
+    fill(&mut w.nodes, state.nodes.clone().unwrap_or_else(nodes));
     fill(
         &mut w.pools,
         state
@@ -1127,4 +1129,123 @@ async fn a_daemonset_edited_while_the_operator_was_down_is_applied_again_after_a
         Vec::<String>::new(),
         "one repair, not a loop"
     );
+}
+
+/// `status.nodes` of `ns/web` with an entry of a node outside the pool whose agent reported
+/// Forwarding=False (`w9`) and one of a deleted Node (`gone`), besides w1's.
+async fn state_with_stale_entries() -> State {
+    let mut state = served_state().await;
+    let mut all = nodes();
+    all.push(node(
+        "w9",
+        &[("role", "storage")],
+        &[("InternalIP", "192.168.0.9")],
+    ));
+    state.nodes = Some(all);
+    state.slbs = state
+        .slbs
+        .iter()
+        .map(|slb| reported_as(slb, &[("w1", true), ("gone", true), ("w9", false)]))
+        .collect();
+    state
+}
+
+/// Entries of nodes that no longer serve the Service go with one JSON Patch on the status
+/// subresource: a `test` of each entry's node name before its `remove`, highest index first.
+/// Nothing else is written, and once they are gone a resync writes nothing.
+#[tokio::test]
+async fn stale_node_entries_are_removed_with_one_guarded_json_patch() {
+    let state = state_with_stale_entries().await;
+    let mut w = world(&state);
+    w.fake.clear();
+    let action = w.reconcile(&state.services[0]).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let writes = w.fake.writes();
+    assert_eq!(lines(&writes), [format!("PATCH {SLB}/status")]);
+    assert_eq!(
+        writes[0].body,
+        json!([
+            {"op": "test", "path": "/status/nodes/2/node", "value": "w9"},
+            {"op": "remove", "path": "/status/nodes/2"},
+            {"op": "test", "path": "/status/nodes/1/node", "value": "gone"},
+            {"op": "remove", "path": "/status/nodes/1"},
+        ])
+    );
+    assert_eq!(
+        writes[0].query.trim_start_matches('&'),
+        "fieldManager=servicelb.portway.dev",
+        "a JSON Patch under Portway's name, not a forced apply"
+    );
+    assert_eq!(writes[0].code, 200);
+    let stored = w.fake.objects.lock().unwrap()[SLB].clone();
+    let left: Vec<&str> = stored["status"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|e| e["node"].as_str())
+        .collect();
+    assert_eq!(left, ["w1"], "only the serving node's entry is left");
+    assert_eq!(
+        w.ctx
+            .metrics
+            .writes
+            .with_label_values(&["serviceloadbalancers/status", "patch"])
+            .get(),
+        1,
+        "counted as an API write"
+    );
+
+    // Stored: a resync writes nothing.
+    let mut pruned = state.clone();
+    pruned.slbs = state
+        .slbs
+        .iter()
+        .map(|slb| reported_as(slb, &[("w1", true)]))
+        .collect();
+    w.set(&pruned);
+    w.fake.clear();
+    w.reconcile(&pruned.services[0]).await.expect("resync");
+    assert_eq!(lines(&w.fake.writes()), Vec::<String>::new());
+}
+
+/// When the list changed on the server after the store saw it (an agent added its entry in
+/// front), the `test` fails with 422: nothing is removed, the reconcile succeeds and comes back
+/// soon, without the error backoff.
+#[tokio::test]
+async fn stale_node_entries_patch_that_lost_a_race_removes_nothing_and_requeues() {
+    let state = state_with_stale_entries().await;
+    let w = world(&state);
+    let slb = &state.slbs[0];
+    let mut on_server = reported_as(
+        slb,
+        &[("w2", true), ("w1", true), ("gone", true), ("w9", false)],
+    );
+    on_server.metadata.namespace = Some("ns".into());
+    w.fake
+        .seed(SLB, serde_json::to_value(&on_server).expect("json"));
+    w.fake.clear();
+    let action = w.reconcile(&state.services[0]).await.expect("not an error");
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    let writes = w.fake.writes();
+    assert_eq!(lines(&writes), [format!("PATCH {SLB}/status")]);
+    assert_eq!(writes[0].code, 422);
+    let stored = w.fake.objects.lock().unwrap()[SLB].clone();
+    assert_eq!(
+        stored["status"]["nodes"].as_array().map(Vec::len),
+        Some(4),
+        "nothing removed"
+    );
+    assert_eq!(
+        w.ctx
+            .metrics
+            .reconciles
+            .with_label_values(&["servicelb", "error"])
+            .get(),
+        0,
+        "not a failed reconcile"
+    );
+
+    // A 500 is an error like any other write's: retried with backoff.
+    w.fake.fail(&format!("PATCH {SLB}/status"), 500, 1);
+    assert!(w.reconcile(&state.services[0]).await.is_err());
 }

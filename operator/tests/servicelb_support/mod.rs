@@ -172,6 +172,7 @@ impl Fake {
                 let code = f.code;
                 let reason = match code {
                     409 => "Conflict",
+                    422 => "Invalid",
                     500 => "InternalError",
                     _ => "Failure",
                 };
@@ -206,6 +207,7 @@ impl Fake {
                 self.objects.lock().unwrap().remove(&seen.path);
                 (200, status(200, "", "deleted"))
             }
+            "PATCH" if seen.body.is_array() => self.json_patch(seen),
             _ => {
                 // Merge what was sent into what is stored (status patches into the object).
                 let key = seen.path.trim_end_matches("/status").to_owned();
@@ -234,6 +236,32 @@ impl Fake {
                 (if seen.method == "POST" { 201 } else { 200 }, obj)
             }
         }
+    }
+
+    /// A JSON Patch (`application/json-patch+json`), as the API server applies it: every
+    /// operation in order to the stored object, all or nothing; a failed `test` (or a missing
+    /// path) is 422, an unknown object 404.
+    fn json_patch(&self, seen: &Seen) -> (u16, Value) {
+        let key = seen.path.trim_end_matches("/status").to_owned();
+        let mut objects = self.objects.lock().unwrap();
+        let Some(stored) = objects.get_mut(&key).filter(|o| !o.is_null()) else {
+            return (404, status(404, "NotFound", "not found"));
+        };
+        let patch: json_patch::Patch = match serde_json::from_value(seen.body.clone()) {
+            Ok(p) => p,
+            Err(e) => return (400, status(400, "BadRequest", &e.to_string())),
+        };
+        let mut next = stored.clone();
+        if let Err(e) = json_patch::patch(&mut next, &patch) {
+            return (422, status(422, "Invalid", &e.to_string()));
+        }
+        let version = next["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        next["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+        *stored = next.clone();
+        (200, next)
     }
 
     pub fn requests(&self) -> Vec<Seen> {

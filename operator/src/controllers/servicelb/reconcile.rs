@@ -26,6 +26,10 @@ use crate::plan::{
     self, EventType, FinalizerAction, Key, PlannedEvent, ServicePlan, conditions, names, rbac,
 };
 
+/// Wait before planning again when stale `status.nodes` entries could not be removed because the
+/// list changed meanwhile (the change's own watch event usually comes first).
+pub const PRUNE_RETRY: Duration = Duration::from_secs(2);
+
 fn has_finalizer(svc: &Service) -> bool {
     svc.metadata
         .finalizers
@@ -144,7 +148,13 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
                 plan.service_condition.as_ref(),
             )
             .await?;
+            let pruned =
+                writes::prune_node_entries(ctx, live_slb.as_deref(), &plan.stale_node_entries)
+                    .await?;
             publish(ctx, svc, &plan, &plan.events).await;
+            if pruned == writes::Pruned::Conflict {
+                return Ok(Action::requeue(PRUNE_RETRY));
+            }
         }
         FinalizerAction::Remove => {
             let version = cleanup(

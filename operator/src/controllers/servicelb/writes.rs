@@ -27,6 +27,15 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
+/// A plain (non-apply) patch under Portway's field manager name, so audit logs and
+/// managedFields name Portway rather than the client library.
+fn json_patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
 /// Adds Portway's finalizer to the Service when missing. Uses a merge patch carrying the
 /// resourceVersion, so a concurrent change gives 409 and the reconcile retries.
 pub async fn ensure_finalizer(ctx: &Context, svc: &Service) -> Result<(), Error> {
@@ -171,6 +180,104 @@ pub async fn apply_slb_status(
         .await
         .map_err(|e| Error::kube("apply status of", format!("ServiceLoadBalancer {key}"), e))?;
     Ok(())
+}
+
+/// What [`prune_node_entries`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pruned {
+    /// Nothing was stale (no request), or the ServiceLoadBalancer is gone.
+    Nothing,
+    /// This many entries were removed.
+    Removed(usize),
+    /// `status.nodes` changed since the store saw it (the patch's `test` failed, 422, or 409):
+    /// nothing was removed; the caller requeues, and the change's watch event re-plans anyway.
+    Conflict,
+}
+
+/// The JSON Patch removing the `stale` nodes' entries from `status.nodes` as `live` holds it:
+/// for each, highest index first (so the indices of the others do not move), a `test` that the
+/// index still holds that node, then its `remove`. If anyone changed the list in between, a
+/// `test` fails and the API server rejects the whole patch instead of removing another node's
+/// entry. `None` when no stale node has an entry.
+pub fn prune_node_entries_patch(
+    live: &ServiceLoadBalancer,
+    stale: &[String],
+) -> Option<serde_json::Value> {
+    let nodes = live
+        .status
+        .as_ref()
+        .map(|s| s.nodes.as_slice())
+        .unwrap_or(&[]);
+    let ops: Vec<serde_json::Value> = nodes
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, entry)| stale.contains(&entry.node))
+        .flat_map(|(i, entry)| {
+            [
+                json!({"op": "test", "path": format!("/status/nodes/{i}/node"), "value": entry.node}),
+                json!({"op": "remove", "path": format!("/status/nodes/{i}")}),
+            ]
+        })
+        .collect();
+    (!ops.is_empty()).then_some(serde_json::Value::Array(ops))
+}
+
+/// True when a guarded JSON Patch lost a race with another writer: 422 (a `test` operation no
+/// longer holds, or an index is out of range) or 409.
+fn lost_race(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422)
+}
+
+/// Removes the `stale` nodes' entries from the ServiceLoadBalancer's `status.nodes` with one
+/// guarded JSON Patch on the status subresource (see [`prune_node_entries_patch`]); no request
+/// when there is nothing to remove. The agents own their entries through server-side apply, but
+/// an entry of a node that no longer serves the Service has no agent left to remove it.
+pub async fn prune_node_entries(
+    ctx: &Context,
+    live: Option<&ServiceLoadBalancer>,
+    stale: &[String],
+) -> Result<Pruned, Error> {
+    let Some(live) = live else {
+        return Ok(Pruned::Nothing);
+    };
+    let Some(ops) = prune_node_entries_patch(live, stale) else {
+        return Ok(Pruned::Nothing);
+    };
+    let key = Key::of(&live.metadata);
+    let removed = ops.as_array().map_or(0, |ops| ops.len() / 2);
+    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| Error::Encode {
+        object: format!("the status.nodes patch of ServiceLoadBalancer {key}"),
+        source: e,
+    })?;
+    let api: Api<ServiceLoadBalancer> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    ctx.metrics.write("serviceloadbalancers/status", "patch");
+    match api
+        .patch_status(&key.name, &json_patch_params(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(
+                service_load_balancer = %key,
+                nodes = ?stale,
+                "removed status.nodes entries of nodes that no longer serve the Service"
+            );
+            Ok(Pruned::Removed(removed))
+        }
+        Err(e) if is_not_found(&e) => Ok(Pruned::Nothing),
+        Err(e) if lost_race(&e) => {
+            tracing::debug!(
+                service_load_balancer = %key,
+                "status.nodes changed before stale entries could be removed; retrying: {e}"
+            );
+            Ok(Pruned::Conflict)
+        }
+        Err(e) => Err(Error::kube(
+            "remove stale status.nodes entries of",
+            format!("ServiceLoadBalancer {key}"),
+            e,
+        )),
+    }
 }
 
 /// Applies a DaemonSet unless the live one carries the desired hash and has not been changed
