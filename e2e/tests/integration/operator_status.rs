@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::common::{
     OPERATOR_NS, agent_entry, agent_publish, show_conditions, slb_condition, start_operator,
 };
-use crate::servicelb::{create_nodes, create_service, ingress_ips, wait_slb_reason};
+use crate::servicelb::{POOL_LABEL, create_nodes, create_service, ingress_ips, wait_slb_reason};
 
 const ACT: Duration = Duration::from_secs(60);
 const ROUNDS: i64 = 8;
@@ -201,8 +201,63 @@ async fn agent_entries_survive_the_real_operators_status_writes() {
             "{mine}'s agent owns {other}'s fields: {owned}"
         );
     }
+
+    // node-b leaves the pool; its agent's last report is Forwarding=False (the even round). The
+    // operator removes its entry with a guarded JSON Patch; node-a's entry (also False, but its
+    // node is still in the pool) stays exactly as written.
+    let last_a = entry_of(&slb, "node-a").expect("node-a's entry");
+    let prune_mark = log.mark();
+    Api::<k8s_openapi::api::core::v1::Node>::all(admin.clone())
+        .patch(
+            "node-b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {POOL_LABEL: null}}})),
+        )
+        .await
+        .expect("node-b leaves the pool");
+    let slb = wait::wait_for(
+        slbs.clone(),
+        "web",
+        "the operator to remove node-b's stale entry",
+        |s: Option<&ServiceLoadBalancer>| s.is_some_and(|s| entry_of(s, "node-b").is_none()),
+        ACT,
+    )
+    .await
+    .expect("node-b's entry removed")
+    .expect("slb");
+    assert_eq!(
+        entry_of(&slb, "node-a").as_ref(),
+        Some(&last_a),
+        "node-a's entry after the removal of node-b's"
+    );
+    assert_eq!(slb.status.as_ref().map(|s| s.nodes.len()), Some(1));
+    let prunes = operator_status_writes(prune_mark);
+    assert!(prunes >= 1, "no status write by the operator");
+
+    // The guard on a real server: a JSON Patch whose `test` no longer holds (index 0 is
+    // node-a's entry now) is rejected whole, with 422, and removes nothing.
+    let stale_guard: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/status/nodes/0/node", "value": "node-b"},
+        {"op": "remove", "path": "/status/nodes/0"},
+    ]))
+    .expect("patch");
+    let err = slbs
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Json::<()>(stale_guard),
+        )
+        .await
+        .expect_err("a failed test must reject the patch");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "a failed JSON Patch test: {err:?}"
+    );
+    let slb = slbs.get("web").await.expect("slb");
+    assert_eq!(entry_of(&slb, "node-a").as_ref(), Some(&last_a));
+
     assert!(op.is_running(), "operator stopped:\n{}", op.log_tail(30));
     report::line(&format!(
-        "api-server ssa with the real operator: 2 agents x {ROUNDS} concurrent rounds, {writes} operator status writes (Ready flipping, one spec change): no agent entry dropped or changed"
+        "api-server ssa with the real operator: 2 agents x {ROUNDS} concurrent rounds, {writes} operator status writes (Ready flipping, one spec change): no agent entry dropped or changed; a node that left the pool lost its False entry (JSON Patch with test), the other stayed"
     ));
 }
