@@ -1723,10 +1723,11 @@ fn owned_status_fields(svc: &k8s_openapi::api::core::v1::Service, manager: &str)
     }
     let mut out = Vec::new();
     for e in svc.metadata.managed_fields.iter().flatten() {
-        if e.manager.as_deref() == Some(manager) && e.subresource.as_deref() == Some("status") {
-            if let Some(f) = e.fields_v1.as_ref() {
-                walk("", &f.0["f:status"], &mut out);
-            }
+        if e.manager.as_deref() == Some(manager)
+            && e.subresource.as_deref() == Some("status")
+            && let Some(f) = e.fields_v1.as_ref()
+        {
+            walk("", &f.0["f:status"], &mut out);
         }
     }
     out

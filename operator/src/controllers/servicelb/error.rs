@@ -64,7 +64,7 @@ pub fn kube_category(e: &kube::Error) -> &'static str {
     }
 }
 
-/// True when retrying the same request later may succeed.
+/// True when the API server answered 404 Not Found.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
