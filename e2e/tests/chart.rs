@@ -245,25 +245,7 @@ fn operator_grants(servicelb: bool, clustercidr: bool) -> BTreeSet<Grant> {
     if clustercidr {
         list.extend_from_slice(CLUSTERCIDR);
     }
-    let mut out = BTreeSet::new();
-    for p in list {
-        let names: Vec<&str> = if p.resource_names.is_empty() {
-            vec!["*"]
-        } else {
-            p.resource_names.to_vec()
-        };
-        for v in p.verbs {
-            for n in &names {
-                out.insert((
-                    p.group.to_owned(),
-                    p.resource.to_owned(),
-                    (*v).to_owned(),
-                    (*n).to_owned(),
-                ));
-            }
-        }
-    }
-    out
+    grants_of_permissions(&list)
 }
 
 fn agent_grants(list: &[portway_node_agent::permissions::Permission]) -> BTreeSet<Grant> {

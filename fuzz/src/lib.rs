@@ -7,14 +7,13 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use portway_node_agent::dataplane::iptables::render::{
     self, ChainNames, DEFAULT_PREFIX, DesiredFamily,
 };
 use portway_node_agent::dataplane::iptables::save::{self, SavedState};
 use portway_node_agent::rules::{self, Context, MAX_TARGETS_PER_PORT, RuleSet};
-use portway_operator::cidr::{CidrPlan, NodeCidrState};
+use portway_operator::cidr::CidrPlan;
 use portway_operator::input::InputSet;
 use portway_operator::plan::{self, Config, Observed};
 
@@ -143,30 +142,8 @@ pub fn check_render(rs: &RuleSet, service: &str) {
 
 /// Two Nodes with overlapping pod CIDRs where at least one was allocated by the plan.
 pub fn overlap(plan: &CidrPlan) -> Option<String> {
-    let blocks: Vec<(&str, IpNet, bool)> = plan
-        .nodes
-        .iter()
-        .flat_map(|n| {
-            n.pod_cidrs.iter().filter_map(move |c| {
-                Some((
-                    n.node.as_str(),
-                    c.parse::<IpNet>().ok()?,
-                    n.state == NodeCidrState::Allocated,
-                ))
-            })
-        })
-        .collect();
-    for (i, (n1, b1, new1)) in blocks.iter().enumerate() {
-        for (n2, b2, new2) in &blocks[i + 1..] {
-            if (*new1 || *new2)
-                && n1 != n2
-                && (b1.contains(&b2.network()) || b2.contains(&b1.network()))
-            {
-                return Some(format!("{n1} {b1} overlaps {n2} {b2}"));
-            }
-        }
-    }
-    None
+    plan.new_overlap()
+        .map(|((n1, b1), (n2, b2))| format!("{n1} {b1} overlaps {n2} {b2}"))
 }
 
 /// Agent context with addresses of both families.

@@ -1199,7 +1199,7 @@ fn service_condition_keeps_its_transition_time_and_goes_with_the_service() {
 
 #[test]
 fn plan_prints_unplaced_services_with_their_condition() {
-    use portway_operator::cli::plan::{Args, Format, render};
+    use portway_operator::cli::plan::{Format, render};
     let mut set = portway_operator::input::InputSet::default();
     let yaml = r#"
 apiVersion: v1
@@ -1228,18 +1228,7 @@ metadata: {name: odd, namespace: shop}
 spec: {type: LoadBalancer, clusterIP: 10.43.0.12, ports: []}
 "#;
     set.add_yaml("test.yaml", yaml).expect("yaml");
-    let args = |output| Args {
-        paths: vec![],
-        output,
-        servicelb: portway_operator::controllers::servicelb::ServiceLbArgs {
-            load_balancer_class: "portway.dev/servicelb".into(),
-            namespace: "portway-system".into(),
-            agent_image: "agent:test".into(),
-            agent_service_account: "portway-agent".into(),
-            agent_status_cluster_role: "portway-agent-status".into(),
-            agent_forwarding_sysctls: false,
-        },
-    };
+    let args = plan_args;
     let yaml_out = render(&set, &args(Format::Yaml), t(0));
     let docs: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(&yaml_out).expect("plan prints YAML");
@@ -1272,7 +1261,7 @@ spec: {type: LoadBalancer, clusterIP: 10.43.0.12, ports: []}
 
 #[test]
 fn plan_wide_shows_pod_cidrs_per_node_and_cluster_cidr_use_as_tables() {
-    use portway_operator::cli::plan::{Args, Format, render};
+    use portway_operator::cli::plan::{Format, render};
     let mut set = portway_operator::input::InputSet::default();
     let yaml = r#"
 apiVersion: v1
@@ -1294,18 +1283,7 @@ metadata: {name: small}
 spec: {perNodeHostBits: 8, ipv4: 10.42.6.0/23}
 "#;
     set.add_yaml("test.yaml", yaml).expect("yaml");
-    let args = Args {
-        paths: vec![],
-        output: Format::Wide,
-        servicelb: portway_operator::controllers::servicelb::ServiceLbArgs {
-            load_balancer_class: "portway.dev/servicelb".into(),
-            namespace: "portway-system".into(),
-            agent_image: "agent:test".into(),
-            agent_service_account: "portway-agent".into(),
-            agent_status_cluster_role: "portway-agent-status".into(),
-            agent_forwarding_sysctls: false,
-        },
-    };
+    let args = plan_args(Format::Wide);
     let wide = render(&set, &args, t(0));
     let row = |first: &str| -> Vec<String> {
         wide.lines()
@@ -1580,7 +1558,7 @@ fn stale_node_entries_do_not_depend_on_input_order() {
 /// `portway plan` names the stale entries of a ServiceLoadBalancer it is given.
 #[test]
 fn plan_names_stale_node_entries() {
-    use portway_operator::cli::plan::{Args, Format, render};
+    use portway_operator::cli::plan::{Format, render};
     let mut set = portway_operator::input::InputSet::default();
     let yaml = r#"
 apiVersion: v1
@@ -1622,9 +1600,18 @@ status:
 "#;
     set.add_yaml("test.yaml", yaml).expect("yaml");
     assert!(set.skipped.is_empty(), "{:?}", set.skipped);
-    let args = Args {
+    let out = render(&set, &plan_args(Format::Yaml), t(0));
+    assert!(
+        out.contains("# stale status.nodes entries the operator removes: gone, w2\n"),
+        "{out}"
+    );
+}
+
+/// `portway plan` arguments with the chart's defaults.
+fn plan_args(output: portway_operator::cli::plan::Format) -> portway_operator::cli::plan::Args {
+    portway_operator::cli::plan::Args {
         paths: vec![],
-        output: Format::Yaml,
+        output,
         servicelb: portway_operator::controllers::servicelb::ServiceLbArgs {
             load_balancer_class: "portway.dev/servicelb".into(),
             namespace: "portway-system".into(),
@@ -1633,10 +1620,5 @@ status:
             agent_status_cluster_role: "portway-agent-status".into(),
             agent_forwarding_sysctls: false,
         },
-    };
-    let out = render(&set, &args, t(0));
-    assert!(
-        out.contains("# stale status.nodes entries the operator removes: gone, w2\n"),
-        "{out}"
-    );
+    }
 }

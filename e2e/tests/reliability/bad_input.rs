@@ -18,7 +18,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -593,34 +592,13 @@ fn describe(plans: &[&plan::ServicePlan]) -> String {
 
 /// Two Nodes whose planned (or kept) pod CIDRs overlap, where at least one was allocated now.
 pub fn overlapping(plan: &CidrPlan) -> Option<String> {
-    let blocks: Vec<(&str, IpNet, bool)> = plan
-        .nodes
-        .iter()
-        .flat_map(|n| {
-            n.pod_cidrs.iter().filter_map(move |c| {
-                Some((
-                    n.node.as_str(),
-                    c.parse::<IpNet>().ok()?,
-                    n.state == NodeCidrState::Allocated,
-                ))
-            })
-        })
-        .collect();
-    for (i, (n1, b1, new1)) in blocks.iter().enumerate() {
-        for (n2, b2, new2) in &blocks[i + 1..] {
-            if (*new1 || *new2)
-                && n1 != n2
-                && (b1.contains(&b2.network()) || b2.contains(&b1.network()))
-            {
-                return Some(format!(
-                    "allocated pod CIDRs overlap: {} {b1} and {} {b2}",
-                    short(n1),
-                    short(n2)
-                ));
-            }
-        }
-    }
-    None
+    plan.new_overlap().map(|((n1, b1), (n2, b2))| {
+        format!(
+            "allocated pod CIDRs overlap: {} {b1} and {} {b2}",
+            short(n1),
+            short(n2)
+        )
+    })
 }
 
 #[test]

@@ -24,6 +24,41 @@ pub struct CidrPlan {
     pub cluster_cidrs: Vec<ClusterCidrOutcome>,
 }
 
+/// A Node's name and one of its pod CIDRs.
+pub type NodeCidr<'a> = (&'a str, ipnet::IpNet);
+
+impl CidrPlan {
+    /// Two Nodes whose pod CIDRs overlap, where at least one of the two was allocated by this
+    /// plan (overlaps between CIDRs Nodes already had are reported, not made). A brute-force
+    /// check, independent of the allocator, for tests and fuzzing: `None` is the invariant.
+    pub fn new_overlap(&self) -> Option<(NodeCidr<'_>, NodeCidr<'_>)> {
+        let blocks: Vec<(&str, ipnet::IpNet, bool)> = self
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.pod_cidrs.iter().filter_map(move |c| {
+                    Some((
+                        n.node.as_str(),
+                        c.parse::<ipnet::IpNet>().ok()?,
+                        n.state == NodeCidrState::Allocated,
+                    ))
+                })
+            })
+            .collect();
+        for (i, (n1, b1, new1)) in blocks.iter().enumerate() {
+            for (n2, b2, new2) in &blocks[i + 1..] {
+                if (*new1 || *new2)
+                    && n1 != n2
+                    && (b1.contains(&b2.network()) || b2.contains(&b1.network()))
+                {
+                    return Some(((*n1, *b1), (*n2, *b2)));
+                }
+            }
+        }
+        None
+    }
+}
+
 /// What happens to one Node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum NodeCidrState {
