@@ -167,9 +167,12 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
         gap >= LEASE_DURATION,
         "op-b took the Lease {gap:?} after op-a's last renewal, before it expired"
     );
+    // op-b judges expiry by its own observation, not by op-a's renewTime: it sees the last
+    // renewal at its next poll (up to one retry later) and takes the Lease at the first poll
+    // after that record has stayed unchanged for the lease duration (one more retry at most).
     assert!(
-        gap <= LEASE_DURATION + RETRY + Duration::from_secs(2),
-        "op-b took the Lease {gap:?} after op-a's last renewal: later than the lease time plus one retry"
+        gap <= LEASE_DURATION + RETRY * 2 + Duration::from_secs(1),
+        "op-b took the Lease {gap:?} after op-a's last renewal: later than the lease time plus two retries"
     );
     assert_eq!(
         takeover.transitions,

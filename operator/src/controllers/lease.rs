@@ -5,13 +5,21 @@
 //! clean shutdown release it (empty holder, 1 s duration) so a standby takes over at once.
 //! Writes use the Lease's resourceVersion, so two candidates can never both win a race.
 //! Verbs used: get, create, update (see `permissions::COMMON`).
+//!
+//! Expiry is judged as client-go judges it, by local observation and never by comparing the
+//! holder's `renewTime` with this replica's wall clock: a candidate remembers the last Lease
+//! record it read and when (on its own monotonic clock) that record last changed; the Lease has
+//! expired when the record has not changed for `leaseDurationSeconds`. Replicas whose wall clocks
+//! disagree by minutes therefore neither steal a fresh Lease nor wait out a dead leader for the
+//! size of the skew. The price, as in client-go: a freshly started candidate waits one lease
+//! duration before it takes a Lease its holder abandoned without releasing it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
@@ -20,8 +28,18 @@ use tracing::{info, warn};
 /// Name of the operator's Lease.
 pub const LEASE_NAME: &str = "portway-operator";
 
-/// Source of wall-clock time (tests pin it).
+/// Source of wall-clock time (tests pin it). Only written into the Lease, never compared.
 pub type WallClock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// Source of monotonic time: the time since an arbitrary fixed start (tests pin it). Expiry is
+/// measured with this clock only.
+pub type MonotonicClock = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// The process's monotonic clock.
+pub fn system_monotonic() -> MonotonicClock {
+    let start = std::time::Instant::now();
+    Arc::new(move || start.elapsed())
+}
 
 /// Lease settings.
 #[derive(Clone)]
@@ -35,6 +53,7 @@ pub struct LeaseSettings {
     pub renew_deadline: Duration,
     pub retry_every: Duration,
     pub clock: WallClock,
+    pub monotonic: MonotonicClock,
 }
 
 impl LeaseSettings {
@@ -49,6 +68,7 @@ impl LeaseSettings {
             renew_deadline: Duration::from_secs(10),
             retry_every: Duration::from_secs(2),
             clock: Arc::new(Timestamp::now),
+            monotonic: system_monotonic(),
         }
     }
 }
@@ -76,12 +96,78 @@ pub enum Attempt {
     HeldBy(String),
 }
 
+/// What a candidate remembers of the Lease between attempts: the record it last read and the
+/// monotonic time at which that record was first seen in this form.
+#[derive(Debug, Clone, Default)]
+pub struct Observer {
+    record: Option<LeaseSpec>,
+    since: Duration,
+}
+
+/// What a candidate does with the Lease record it just read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// It is ours: renew it.
+    Renew,
+    /// It is free or expired: take it.
+    Take,
+    /// Someone else holds it and has renewed it recently (their identity).
+    Wait(String),
+}
+
+impl Observer {
+    /// Notes `record` as read at monotonic time `now`: a record that differs from the last one
+    /// restarts the expiry count.
+    pub fn observe(&mut self, record: &LeaseSpec, now: Duration) {
+        if self.record.as_ref() != Some(record) {
+            self.record = Some(record.clone());
+            self.since = now;
+        }
+    }
+
+    /// Whether the record last observed has stayed unchanged for `lease` by `now`.
+    fn unchanged_for(&self, lease: Duration, now: Duration) -> bool {
+        now.saturating_sub(self.since) > lease
+    }
+}
+
+/// Pure: given the Lease record just read, this candidate's identity and its observation
+/// history, what to do. `fallback` is the lease duration when the record names none.
+pub fn decide(
+    record: &LeaseSpec,
+    identity: &str,
+    observer: &mut Observer,
+    now: Duration,
+    fallback: Duration,
+) -> Decision {
+    observer.observe(record, now);
+    let holder = record.holder_identity.clone().unwrap_or_default();
+    if holder == identity {
+        return Decision::Renew;
+    }
+    if holder.is_empty() {
+        return Decision::Take;
+    }
+    let lease = record.lease_duration_seconds.map_or(fallback, |secs| {
+        Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    });
+    if observer.unchanged_for(lease, now) {
+        Decision::Take
+    } else {
+        Decision::Wait(holder)
+    }
+}
+
 fn conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// One acquire-or-renew attempt.
-pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<Attempt, LeaseError> {
+/// One acquire-or-renew attempt. `observer` carries what this candidate saw on earlier attempts.
+pub async fn try_acquire(
+    api: &Api<Lease>,
+    s: &LeaseSettings,
+    observer: &mut Observer,
+) -> Result<Attempt, LeaseError> {
     let err = |source| LeaseError::Api {
         namespace: s.namespace.clone(),
         name: s.name.clone(),
@@ -107,36 +193,38 @@ pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<Attempt,
             spec: Some(ours(now, 0)),
         };
         return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(Attempt::Held),
+            Ok(_) => {
+                observer.observe(&ours(now, 0), (s.monotonic)());
+                Ok(Attempt::Held)
+            }
             Err(e) if conflict(&e) => Ok(Attempt::HeldBy("(created concurrently)".to_owned())),
             Err(e) => Err(err(e)),
         };
     };
     let spec = current.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.clone().unwrap_or_default();
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or(Timestamp::MIN);
-    let held_for =
-        SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(duration)));
-    let expired = holder.is_empty() || renewed.checked_add(held_for).map_or(true, |end| end < now);
-    if holder != s.identity && !expired {
-        return Ok(Attempt::HeldBy(holder));
-    }
-    let (acquired, transitions) = if holder == s.identity {
-        (
+    let (acquired, transitions) = match decide(
+        &spec,
+        &s.identity,
+        observer,
+        (s.monotonic)(),
+        s.lease_duration,
+    ) {
+        Decision::Wait(holder) => return Ok(Attempt::HeldBy(holder)),
+        Decision::Renew => (
             spec.acquire_time.as_ref().map(|t| t.0).unwrap_or(now),
             spec.lease_transitions.unwrap_or(0),
-        )
-    } else {
-        (now, spec.lease_transitions.unwrap_or(0).saturating_add(1))
+        ),
+        Decision::Take => (now, spec.lease_transitions.unwrap_or(0).saturating_add(1)),
     };
     let mut next = current.clone();
-    next.spec = Some(ours(acquired, transitions));
+    let written = ours(acquired, transitions);
+    next.spec = Some(written.clone());
     match api.replace(&s.name, &PostParams::default(), &next).await {
-        Ok(_) => Ok(Attempt::Held),
+        Ok(_) => {
+            observer.observe(&written, (s.monotonic)());
+            Ok(Attempt::Held)
+        }
         Err(e) if conflict(&e) => Ok(Attempt::HeldBy(holder)),
         Err(e) => Err(err(e)),
     }
@@ -146,8 +234,9 @@ pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<Attempt,
 pub async fn acquire(client: &Client, s: &LeaseSettings, shutdown: &CancellationToken) -> bool {
     let api: Api<Lease> = Api::namespaced(client.clone(), &s.namespace);
     let mut last_holder = String::new();
+    let mut observer = Observer::default();
     loop {
-        match try_acquire(&api, s).await {
+        match try_acquire(&api, s, &mut observer).await {
             Ok(Attempt::Held) => {
                 info!(lease = %s.name, identity = %s.identity, "became leader");
                 return true;
@@ -177,6 +266,7 @@ pub async fn hold(
 ) -> Result<(), LeaseError> {
     let api: Api<Lease> = Api::namespaced(client.clone(), &s.namespace);
     let mut last_renewal = tokio::time::Instant::now();
+    let mut observer = Observer::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -185,7 +275,7 @@ pub async fn hold(
             }
             _ = tokio::time::sleep(s.renew_every) => {}
         }
-        match try_acquire(&api, s).await {
+        match try_acquire(&api, s, &mut observer).await {
             Ok(Attempt::Held) => last_renewal = tokio::time::Instant::now(),
             Ok(Attempt::HeldBy(h)) => {
                 return Err(LeaseError::Lost(format!("{} is now held by {h}", s.name)));
@@ -218,5 +308,116 @@ pub async fn release(api: &Api<Lease>, s: &LeaseSettings) {
     match api.replace(&s.name, &PostParams::default(), &current).await {
         Ok(_) => info!(lease = %s.name, "released the leader Lease"),
         Err(e) => warn!("releasing the leader Lease: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(15);
+
+    fn record(holder: &str, renewed_unix: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: (!holder.is_empty()).then(|| holder.to_owned()),
+            renew_time: Timestamp::from_second(renewed_unix).ok().map(MicroTime),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }
+    }
+
+    fn at(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_record_first_seen_is_fresh_whatever_its_renew_time_says() {
+        // renewTime one day in the past by this replica's wall clock: a skewed holder clock,
+        // not an expired Lease.
+        let mut seen = Observer::default();
+        let stale_looking = record("a", 1_700_000_000);
+        assert_eq!(
+            decide(&stale_looking, "b", &mut seen, at(100), LEASE),
+            Decision::Wait("a".into())
+        );
+        assert_eq!(
+            decide(&stale_looking, "b", &mut seen, at(115), LEASE),
+            Decision::Wait("a".into()),
+            "exactly one lease duration is not yet expired"
+        );
+        assert_eq!(
+            decide(&stale_looking, "b", &mut seen, at(116), LEASE),
+            Decision::Take
+        );
+    }
+
+    #[test]
+    fn every_renewal_restarts_the_count() {
+        let mut seen = Observer::default();
+        for (i, t) in [0u64, 10, 20, 30, 40].into_iter().enumerate() {
+            // Renewal times far in the future by this replica's clock change nothing either.
+            let renewed = record("a", 4_000_000_000 + i64::try_from(i).unwrap_or(0));
+            assert_eq!(
+                decide(&renewed, "b", &mut seen, at(t), LEASE),
+                Decision::Wait("a".into()),
+                "renewed at {t}"
+            );
+        }
+        let last = record("a", 4_000_000_004);
+        assert_eq!(
+            decide(&last, "b", &mut seen, at(55), LEASE),
+            Decision::Wait("a".into())
+        );
+        assert_eq!(decide(&last, "b", &mut seen, at(56), LEASE), Decision::Take);
+    }
+
+    #[test]
+    fn free_and_own_records_need_no_waiting() {
+        let mut seen = Observer::default();
+        assert_eq!(
+            decide(&record("", 0), "b", &mut seen, at(0), LEASE),
+            Decision::Take
+        );
+        assert_eq!(
+            decide(&record("b", 0), "b", &mut seen, at(0), LEASE),
+            Decision::Renew
+        );
+    }
+
+    #[test]
+    fn the_holders_own_duration_counts_and_a_missing_one_falls_back() {
+        let mut seen = Observer::default();
+        let mut short = record("a", 0);
+        short.lease_duration_seconds = Some(1);
+        assert_eq!(
+            decide(&short, "b", &mut seen, at(0), LEASE),
+            Decision::Wait("a".into())
+        );
+        assert_eq!(decide(&short, "b", &mut seen, at(2), LEASE), Decision::Take);
+
+        let mut seen = Observer::default();
+        let mut none = record("a", 0);
+        none.lease_duration_seconds = None;
+        assert_eq!(
+            decide(&none, "b", &mut seen, at(0), LEASE),
+            Decision::Wait("a".into())
+        );
+        assert_eq!(
+            decide(&none, "b", &mut seen, at(15), LEASE),
+            Decision::Wait("a".into())
+        );
+        assert_eq!(decide(&none, "b", &mut seen, at(16), LEASE), Decision::Take);
+
+        let mut seen = Observer::default();
+        let mut negative = record("a", 0);
+        negative.lease_duration_seconds = Some(-5);
+        assert_eq!(
+            decide(&negative, "b", &mut seen, at(0), LEASE),
+            Decision::Wait("a".into())
+        );
+        assert_eq!(
+            decide(&negative, "b", &mut seen, at(1), LEASE),
+            Decision::Take
+        );
     }
 }
