@@ -34,6 +34,11 @@ pub const LABEL_SERVICE_NAME: &str = "portway.dev/service-name";
 pub const LABEL_SERVICE_NAMESPACE: &str = "portway.dev/service-namespace";
 /// Label naming the pool a node-agent DaemonSet was built for.
 pub const LABEL_POOL: &str = "portway.dev/pool";
+/// Label on a `ServiceLoadBalancer` naming the DaemonSet whose pods serve it. The chart's
+/// admission policy admits an agent's status write only when the Pod bound into the agent's token
+/// is one of that DaemonSet's pods (`<daemonset>-<5 characters>`), so an agent can write for its
+/// own Service only.
+pub const LABEL_AGENT_DAEMONSET: &str = "portway.dev/agent-daemonset";
 
 /// EndpointSlice label linking a slice to its Service (set by Kubernetes).
 pub const ENDPOINTSLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";

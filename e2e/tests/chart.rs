@@ -1222,11 +1222,16 @@ fn entry(node: &str, address: &str, status: &str) -> Value {
     })
 }
 
+/// The DaemonSet serving `shop/web`, and a pod of it.
+const WEB_DAEMONSET: &str = "portway-shop-web";
+const WEB_AGENT_POD: &str = "portway-shop-web-x7k2p";
+
 fn slb(nodes: Vec<Value>) -> Value {
     json!({
         "apiVersion": "portway.dev/v1alpha1",
         "kind": "ServiceLoadBalancer",
-        "metadata": {"name": "web", "namespace": "shop", "generation": 1},
+        "metadata": {"name": "web", "namespace": "shop", "generation": 1,
+                     "labels": {"portway.dev/agent-daemonset": WEB_DAEMONSET}},
         "spec": {"pool": "default", "ports": [{"protocol": "TCP", "port": 80, "hostPort": 80}]},
         "status": {
             "observedGeneration": 1,
@@ -1238,13 +1243,14 @@ fn slb(nodes: Vec<Value>) -> Value {
 }
 
 fn agent_request(operation: &str, sub_resource: &str, node: Option<&str>) -> Value {
+    agent_request_from(operation, sub_resource, node, WEB_AGENT_POD)
+}
+
+fn agent_request_from(operation: &str, sub_resource: &str, node: Option<&str>, pod: &str) -> Value {
     let mut extra = serde_json::Map::new();
     if let Some(n) = node {
         extra.insert("authentication.kubernetes.io/node-name".into(), json!([n]));
-        extra.insert(
-            "authentication.kubernetes.io/pod-name".into(),
-            json!(["agent-x"]),
-        );
+        extra.insert("authentication.kubernetes.io/pod-name".into(), json!([pod]));
     }
     json!({
         "operation": operation,
@@ -1277,6 +1283,18 @@ fn admission_policy_cel_lets_an_agent_write_only_its_own_node_entry() {
     changed_conditions["status"]["conditions"][0]["status"] = json!("False");
     let mut changed_generation = slb(vec![a(), b()]);
     changed_generation["status"]["observedGeneration"] = json!(7);
+    let own_change = || slb(vec![entry("node-a", "192.0.2.1", "False"), b()]);
+    let from_pod = |pod| agent_request_from("UPDATE", "status", Some("node-a"), pod);
+    let unlabelled = || {
+        let mut o = slb(vec![a(), b()]);
+        o["metadata"]["labels"] = json!({});
+        o
+    };
+    let labelled = |daemonset: &str| {
+        let mut o = slb(vec![a(), b()]);
+        o["metadata"]["labels"]["portway.dev/agent-daemonset"] = json!(daemonset);
+        o
+    };
     let cases: Vec<Case> = vec![
         (
             "own entry changed",
@@ -1361,6 +1379,48 @@ fn admission_policy_cel_lets_an_agent_write_only_its_own_node_entry() {
             old.clone(),
             old.clone(),
             Some("carries no node name"),
+        ),
+        (
+            "agent of another Service's DaemonSet",
+            from_pod("portway-shop-api-x7k2p"),
+            own_change(),
+            old.clone(),
+            Some("may write only the ServiceLoadBalancer of its own Service"),
+        ),
+        (
+            "agent of a DaemonSet whose name extends this one",
+            from_pod("portway-shop-web-2-x7k2p"),
+            own_change(),
+            old.clone(),
+            Some("whose agents are the pods of DaemonSet portway-shop-web"),
+        ),
+        (
+            "a pod that only starts with the DaemonSet's name",
+            from_pod("portway-shop-web-x7k2p-1"),
+            own_change(),
+            old.clone(),
+            Some("of its own Service"),
+        ),
+        (
+            "object not labelled by the operator yet",
+            upd("node-a"),
+            own_change(),
+            unlabelled(),
+            Some("not named yet"),
+        ),
+        (
+            "label that is not a DaemonSet name (a regex)",
+            from_pod("anything-x7k2p"),
+            own_change(),
+            labelled(".*"),
+            Some("not named yet"),
+        ),
+        (
+            "token bound to no pod",
+            from_pod(""),
+            own_change(),
+            old.clone(),
+            Some("in pod (none)"),
         ),
         (
             "spec update",
@@ -2243,7 +2303,8 @@ fn slb_object(nodes: Vec<Value>) -> Value {
     json!({
         "apiVersion": "portway.dev/v1alpha1",
         "kind": "ServiceLoadBalancer",
-        "metadata": {"name": "web", "namespace": "shop"},
+        "metadata": {"name": "web", "namespace": "shop",
+                     "labels": {"portway.dev/agent-daemonset": WEB_DAEMONSET}},
         "spec": {
             "pool": "default",
             "ports": [{"protocol": "TCP", "port": 80, "hostPort": 80}],
@@ -2408,7 +2469,7 @@ async fn chart_rbac_and_admission_policy_hold_on_a_real_api_server() {
     let pod = portway_e2e::objects::create_pod_on_node(
         &admin,
         NAMESPACE,
-        "agent-on-a",
+        WEB_AGENT_POD,
         "node-a",
         "portway-agent",
     )
@@ -2494,6 +2555,40 @@ async fn chart_rbac_and_admission_policy_hold_on_a_real_api_server() {
         ),
         other => panic!("removing node-b's entry was not denied: {other:?}"),
     }
+    // An agent of another Service's DaemonSet on the same node may not write web's entry.
+    let other_pod = portway_e2e::objects::create_pod_on_node(
+        &admin,
+        NAMESPACE,
+        "portway-shop-api-x7k2p",
+        "node-a",
+        "portway-agent",
+    )
+    .await
+    .expect("other Service's agent pod");
+    let other_slbs: Api<DynamicObject> = Api::namespaced_with(
+        env.pod_bound_client(NAMESPACE, "portway-agent", &other_pod)
+            .await
+            .expect("pod-bound client"),
+        "shop",
+        &ar,
+    );
+    match other_slbs
+        .patch_status(
+            "web",
+            &own,
+            &Patch::Apply(slb_object(vec![entry("node-a", "203.0.113.6", "True")])),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert!(
+            status
+                .message
+                .contains("may write only the ServiceLoadBalancer of its own Service"),
+            "{}",
+            status.message
+        ),
+        other => panic!("another Service's agent was admitted: {other:?}"),
+    }
     // The spec is out of reach (RBAC), and so is a token that is not bound to a node.
     assert!(
         agent_slbs
@@ -2543,7 +2638,7 @@ async fn chart_rbac_and_admission_policy_hold_on_a_real_api_server() {
         .expect("node-b kept");
     assert_eq!(b_after["addresses"], b_entry["addresses"]);
     report::line(&format!(
-        "{TEST}: {} operator grants allowed, {} refused; agent reads allowed, writes refused; status RoleBinding by the operator; admission policy: own entry admitted, 3 forgeries denied",
+        "{TEST}: {} operator grants allowed, {} refused; agent reads allowed, writes refused; status RoleBinding by the operator; admission policy: own entry admitted, 4 forgeries denied",
         granted.len(),
         never.len()
     ));

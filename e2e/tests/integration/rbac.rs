@@ -33,6 +33,8 @@ use portway_e2e::operator::{self, Operator};
 use portway_e2e::requests::{Mark, RequestLog, describe};
 use portway_e2e::{Identity, TestEnv, objects, report, wait};
 use portway_node_agent::status::StatusError;
+use portway_operator::plan::Key;
+use portway_operator::plan::names::daemonset_name;
 use serde_json::{Value, json};
 
 use crate::common::{OPERATOR_NS, agent_entry, agent_publish, now};
@@ -305,10 +307,19 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
     .await
     .expect("clustercidr status");
 
-    // 3. Agents with tokens bound to their Pods on node-a and node-b, as the kubelet mounts them.
+    // 3. Agents with tokens bound to their Pods on node-a and node-b, as the kubelet mounts them:
+    //    pods of web's DaemonSet, named as the DaemonSet controller names them.
+    let web_daemonset = daemonset_name(&Key::new(&shop, "web"));
     let mut tokens = Vec::new();
-    for (pod, node) in [("agent-a", "node-a"), ("agent-b", "node-b")] {
-        let pod = objects::create_pod_on_node(&admin, OPERATOR_NS, pod, node, "portway-agent")
+    for (pod, node) in [
+        (format!("{web_daemonset}-a7k2p"), "node-a"),
+        (format!("{web_daemonset}-b7k2p"), "node-b"),
+        (
+            format!("{}-c7k2p", daemonset_name(&Key::new(&shop, "api"))),
+            "node-a",
+        ),
+    ] {
+        let pod = objects::create_pod_on_node(&admin, OPERATOR_NS, &pod, node, "portway-agent")
             .await
             .expect("pod");
         let token = env
@@ -318,6 +329,9 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
         tokens.push(token);
     }
     let agent_a = env.client_with_token(&tokens[0]).expect("agent a");
+    let api_agent_on_a = env
+        .client_with_token(&tokens[2])
+        .expect("agent of another Service on node-a");
 
     // Reads: its ServiceLoadBalancer, and EndpointSlices (Host dataplane), cluster-wide.
     let mine = Api::<ServiceLoadBalancer>::namespaced(agent_a.clone(), &shop)
@@ -473,6 +487,14 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
             .map(drop)
             .map_err(|e| api_error(&e)),
         "may change only the status.nodes entry of that node",
+    );
+    // An agent of another Service's DaemonSet on the same node, writing node-a's entry.
+    expect_refused(
+        "write web's entry from a pod of another Service's DaemonSet",
+        agent_publish(&api_agent_on_a, &shop, "web", "node-a", &a_entry)
+            .await
+            .map_err(|e| status_error(&e)),
+        "may write only the ServiceLoadBalancer of its own Service",
     );
     // The operator's conditions and observedGeneration.
     let fake_ready = condition::new(

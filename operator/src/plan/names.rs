@@ -41,11 +41,18 @@ pub fn shorten(s: &str, max: usize) -> String {
     format!("{head}-{suffix}")
 }
 
-/// `portway-<svc-namespace>-<svc-name>`, shortened with a hash suffix when over 63 characters.
+/// Longest DaemonSet name: the API server names a DaemonSet's pods from `generateName`
+/// `<name>-`, keeping at most 58 characters of it before the 5 random ones, so only names of up to
+/// 57 characters give pods named exactly `<name>-xxxxx`. The admission policy relies on that to
+/// tie an agent's Pod to its DaemonSet, hence its Service.
+pub const MAX_DAEMONSET_NAME: usize = 57;
+
+/// `portway-<svc-namespace>-<svc-name>`, shortened with a hash suffix when over
+/// [`MAX_DAEMONSET_NAME`] characters.
 pub fn daemonset_name(service: &Key) -> String {
     shorten(
         &format!("portway-{}-{}", service.namespace, service.name),
-        MAX_NAME,
+        MAX_DAEMONSET_NAME,
     )
 }
 
@@ -117,10 +124,32 @@ mod tests {
         assert_eq!(daemonset_name(&short), "portway-shop-storefront");
         let long = Key::new("n".repeat(40), "s".repeat(40));
         let name = daemonset_name(&long);
-        assert_eq!(name.len(), 63);
+        assert_eq!(name.len(), MAX_DAEMONSET_NAME);
         assert_eq!(name, daemonset_name(&long), "deterministic");
         let other = Key::new("n".repeat(40), format!("{}x", "s".repeat(39)));
         assert_ne!(name, daemonset_name(&other));
         assert!(!name.contains("--"));
+    }
+
+    #[test]
+    fn daemonset_pods_keep_the_whole_daemonset_name() {
+        // generateName keeps 58 characters of `<name>-`; the name and its dash must fit.
+        for (ns, svc) in [
+            ("a", "b"),
+            ("n".repeat(20).as_str(), "s".repeat(28).as_str()),
+        ] {
+            let key = Key::new(ns, svc);
+            assert!(daemonset_name(&key).len() < 58, "{key:?}");
+        }
+        for len in 1..120 {
+            let key = Key::new("ns", "s".repeat(len));
+            let name = daemonset_name(&key);
+            assert!(name.len() <= MAX_DAEMONSET_NAME, "{len}: {name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{name}"
+            );
+        }
     }
 }

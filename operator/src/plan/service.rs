@@ -474,6 +474,10 @@ fn plan_placed(
                     n::LABEL_POOL.to_owned(),
                     super::names::label_value(&placed.pool),
                 ),
+                (
+                    n::LABEL_AGENT_DAEMONSET.to_owned(),
+                    super::names::daemonset_name(&a.key),
+                ),
             ])),
             owner_references: owner,
             ..Default::default()
