@@ -2315,6 +2315,30 @@ fn slb_object(nodes: Vec<Value>) -> Value {
     })
 }
 
+/// Applies `entry` to web's status through `slbs` and asserts the API server denies it with a
+/// message containing `needle`.
+async fn expect_denied(
+    who: &str,
+    slbs: &kube::Api<kube::api::DynamicObject>,
+    params: &kube::api::PatchParams,
+    entry: Value,
+    needle: &str,
+) {
+    match slbs
+        .patch_status(
+            "web",
+            params,
+            &kube::api::Patch::Apply(slb_object(vec![entry])),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert!(status.message.contains(needle), "{who}: {}", status.message)
+        }
+        other => panic!("{who} was admitted: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_rbac_and_admission_policy_hold_on_a_real_api_server() {
     use k8s_openapi::api::core::v1::Namespace;
@@ -2572,23 +2596,14 @@ async fn chart_rbac_and_admission_policy_hold_on_a_real_api_server() {
         "shop",
         &ar,
     );
-    match other_slbs
-        .patch_status(
-            "web",
-            &own,
-            &Patch::Apply(slb_object(vec![entry("node-a", "203.0.113.6", "True")])),
-        )
-        .await
-    {
-        Err(kube::Error::Api(status)) => assert!(
-            status
-                .message
-                .contains("may write only the ServiceLoadBalancer of its own Service"),
-            "{}",
-            status.message
-        ),
-        other => panic!("another Service's agent was admitted: {other:?}"),
-    }
+    expect_denied(
+        "another Service's agent",
+        &other_slbs,
+        &own,
+        entry("node-a", "203.0.113.6", "True"),
+        "may write only the ServiceLoadBalancer of its own Service",
+    )
+    .await;
     // The spec is out of reach (RBAC), and so is a token that is not bound to a node.
     assert!(
         agent_slbs
@@ -2609,23 +2624,14 @@ async fn chart_rbac_and_admission_policy_hold_on_a_real_api_server() {
         "shop",
         &ar,
     );
-    match unbound_slbs
-        .patch_status(
-            "web",
-            &own,
-            &Patch::Apply(slb_object(vec![entry("node-a", "192.0.2.1", "True")])),
-        )
-        .await
-    {
-        Err(kube::Error::Api(status)) => {
-            assert!(
-                status.message.contains("carries no node name"),
-                "{}",
-                status.message
-            )
-        }
-        other => panic!("an unbound token was admitted: {other:?}"),
-    }
+    expect_denied(
+        "an unbound token",
+        &unbound_slbs,
+        &own,
+        entry("node-a", "192.0.2.1", "True"),
+        "carries no node name",
+    )
+    .await;
     let after = admin_slbs.get("web").await.expect("slb");
     let nodes = after.data["status"]["nodes"]
         .as_array()

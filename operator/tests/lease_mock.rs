@@ -17,41 +17,54 @@ use servicelb_support::Fake;
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/portway-system/leases";
 
-/// A replica whose wall clock is `skew` seconds off and whose monotonic clock started at
-/// `origin` seconds; both advance with the shared test time `clock` (seconds).
-fn skewed(identity: &str, clock: Arc<AtomicI64>, skew: i64, origin: u64) -> LeaseSettings {
-    let mut s = LeaseSettings::new("portway-system", identity);
-    let wall = clock.clone();
-    s.clock = Arc::new(move || {
-        Timestamp::from_second(1_767_225_600 + skew + wall.load(Ordering::SeqCst))
-            .unwrap_or(Timestamp::UNIX_EPOCH)
-    });
-    s.monotonic = Arc::new(move || {
-        Duration::from_secs(origin + u64::try_from(clock.load(Ordering::SeqCst)).unwrap_or(0))
-    });
-    s
+/// The test's time in seconds, shared by every replica's clocks.
+type TestTime = Arc<AtomicI64>;
+
+/// One operator replica: its settings and what it has observed of the Lease.
+struct Replica {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    seen: Observer,
 }
 
-fn settings(identity: &str, clock: Arc<AtomicI64>) -> LeaseSettings {
-    skewed(identity, clock, 0, 0)
-}
+impl Replica {
+    /// A replica whose wall clock is `skew` seconds off and whose monotonic clock started at
+    /// `origin` seconds; both advance with `time`.
+    fn skewed(api: &Api<Lease>, identity: &str, time: &TestTime, skew: i64, origin: u64) -> Self {
+        let mut settings = LeaseSettings::new("portway-system", identity);
+        let (wall, mono) = (time.clone(), time.clone());
+        settings.clock = Arc::new(move || {
+            Timestamp::from_second(1_767_225_600 + skew + wall.load(Ordering::SeqCst))
+                .unwrap_or(Timestamp::UNIX_EPOCH)
+        });
+        settings.monotonic = Arc::new(move || {
+            Duration::from_secs(origin + u64::try_from(mono.load(Ordering::SeqCst)).unwrap_or(0))
+        });
+        Self {
+            api: api.clone(),
+            settings,
+            seen: Observer::default(),
+        }
+    }
 
-#[tokio::test]
-async fn handover_on_expiry_and_on_release() {
-    let (client, fake) = Fake::start();
-    let api: Api<Lease> = Api::namespaced(client.clone(), "portway-system");
-    let clock = Arc::new(AtomicI64::new(0));
-    let a = settings("replica-a", clock.clone());
-    let b = settings("replica-b", clock.clone());
-    let (mut seen_by_a, mut seen_by_b) = (Observer::default(), Observer::default());
+    fn new(api: &Api<Lease>, identity: &str, time: &TestTime) -> Self {
+        Self::skewed(api, identity, time, 0, 0)
+    }
 
-    // A creates the Lease.
-    assert_eq!(
-        lease::try_acquire(&api, &a, &mut seen_by_a)
+    async fn attempt(&mut self) -> Attempt {
+        lease::try_acquire(&self.api, &self.settings, &mut self.seen)
             .await
-            .expect("a"),
-        Attempt::Held
-    );
+            .expect("no API error")
+    }
+}
+
+fn held_by(identity: &str) -> Attempt {
+    Attempt::HeldBy(identity.to_owned())
+}
+
+/// Lets `a` create the Lease and seeds the fake with it (resourceVersion 1).
+async fn lead(a: &mut Replica, fake: &Fake) {
+    assert_eq!(a.attempt().await, Attempt::Held);
     let lines: Vec<String> = fake.requests().iter().map(|s| s.line()).collect();
     assert_eq!(
         lines,
@@ -64,56 +77,43 @@ async fn handover_on_expiry_and_on_release() {
     created["metadata"]["resourceVersion"] = serde_json::json!("1");
     fake.seed(&format!("{LEASES}/portway-operator"), created);
     fake.clear();
+}
+
+#[tokio::test]
+async fn handover_on_expiry_and_on_release() {
+    let (client, fake) = Fake::start();
+    let api: Api<Lease> = Api::namespaced(client, "portway-system");
+    let time = TestTime::default();
+    let mut a = Replica::new(&api, "replica-a", &time);
+    let mut b = Replica::new(&api, "replica-b", &time);
+    lead(&mut a, &fake).await;
 
     // B waits while A's Lease is fresh: reads only, never writes.
-    clock.store(10, Ordering::SeqCst);
-    assert_eq!(
-        lease::try_acquire(&api, &b, &mut seen_by_b)
-            .await
-            .expect("b"),
-        Attempt::HeldBy("replica-a".into())
-    );
+    time.store(10, Ordering::SeqCst);
+    assert_eq!(b.attempt().await, held_by("replica-a"));
     assert!(fake.writes().is_empty(), "a standby never writes");
 
     // A renews (keeps acquireTime and transitions).
-    assert_eq!(
-        lease::try_acquire(&api, &a, &mut seen_by_a)
-            .await
-            .expect("renew"),
-        Attempt::Held
-    );
+    assert_eq!(a.attempt().await, Attempt::Held);
     let renew = fake.writes().pop().expect("renew write");
     assert_eq!(renew.method, "PUT");
     assert_eq!(renew.body["spec"]["holderIdentity"], "replica-a");
     assert_eq!(renew.body["spec"]["leaseTransitions"], 0);
     fake.clear();
 
-    // A dies. B last saw the record change at 10 s (A's renewal is read at the next attempt,
-    // 12 s); 16 s later it has not changed, so B takes it.
-    clock.store(12, Ordering::SeqCst);
-    assert_eq!(
-        lease::try_acquire(&api, &b, &mut seen_by_b)
-            .await
-            .expect("b"),
-        Attempt::HeldBy("replica-a".into())
-    );
-    clock.store(12 + 15, Ordering::SeqCst);
-    assert_eq!(
-        lease::try_acquire(&api, &b, &mut seen_by_b)
-            .await
-            .expect("b"),
-        Attempt::HeldBy("replica-a".into()),
-        "one lease duration unchanged is not yet expired"
-    );
-    assert!(fake.writes().is_empty(), "a standby never writes");
-    clock.store(12 + 16, Ordering::SeqCst);
-    assert_eq!(
-        lease::try_acquire(&api, &b, &mut seen_by_b)
-            .await
-            .expect("b"),
-        Attempt::Held
-    );
-    let take = fake.writes().pop().expect("takeover");
+    // A dies. B sees A's last renewal at its next attempt (12 s); once that record has stayed
+    // unchanged for more than the 15 s lease, B takes it.
+    for (t, expected) in [
+        (12, held_by("replica-a")),
+        (12 + 15, held_by("replica-a")),
+        (12 + 16, Attempt::Held),
+    ] {
+        time.store(t, Ordering::SeqCst);
+        assert_eq!(b.attempt().await, expected, "at {t} s");
+    }
+    let writes = fake.writes();
+    assert_eq!(writes.len(), 1, "B wrote only when it took the Lease");
+    let take = &writes[0];
     assert_eq!(take.method, "PUT");
     assert_eq!(take.body["spec"]["holderIdentity"], "replica-b");
     assert_eq!(take.body["spec"]["leaseTransitions"], 1);
@@ -123,80 +123,44 @@ async fn handover_on_expiry_and_on_release() {
     );
 
     // A comes back: it lost, and sees who holds it now.
-    assert_eq!(
-        lease::try_acquire(&api, &a, &mut seen_by_a)
-            .await
-            .expect("a"),
-        Attempt::HeldBy("replica-b".into())
-    );
+    assert_eq!(a.attempt().await, held_by("replica-b"));
 
     // B releases on shutdown: A takes over at once.
-    lease::release(&api, &b).await;
-    clock.store(12 + 17, Ordering::SeqCst);
-    assert_eq!(
-        lease::try_acquire(&api, &a, &mut seen_by_a)
-            .await
-            .expect("a"),
-        Attempt::Held
-    );
+    lease::release(&api, &b.settings).await;
+    time.store(12 + 17, Ordering::SeqCst);
+    assert_eq!(a.attempt().await, Attempt::Held);
 }
 
 #[tokio::test]
 async fn a_conflicting_write_means_someone_else_won() {
     let (client, fake) = Fake::start();
     let api: Api<Lease> = Api::namespaced(client.clone(), "portway-system");
-    let clock = Arc::new(AtomicI64::new(0));
     // The create races with another replica's: 409.
     fake.fail("POST", 409, 1);
-    let a = settings("replica-a", clock.clone());
-    assert!(matches!(
-        lease::try_acquire(&api, &a, &mut Observer::default())
-            .await
-            .expect("a"),
-        Attempt::HeldBy(_)
-    ));
+    let mut a = Replica::new(&api, "replica-a", &TestTime::default());
+    assert!(matches!(a.attempt().await, Attempt::HeldBy(_)));
     // And the acquire loop gives up cleanly on shutdown.
     let token = tokio_util::sync::CancellationToken::new();
     token.cancel();
-    let mut quick = a.clone();
+    let mut quick = a.settings.clone();
     quick.retry_every = Duration::from_millis(10);
     fake.fail("POST", 409, 100);
     assert!(!lease::acquire(&client, &quick, &token).await);
 }
 
-/// Creates the Lease as `a` and seeds the fake with it (resourceVersion 1).
-async fn lead(api: &Api<Lease>, fake: &Fake, a: &LeaseSettings, seen: &mut Observer) {
-    assert_eq!(
-        lease::try_acquire(api, a, seen).await.expect("a"),
-        Attempt::Held
-    );
-    let mut created = fake.requests()[1].body.clone();
-    created["metadata"]["resourceVersion"] = serde_json::json!("1");
-    fake.seed(&format!("{LEASES}/portway-operator"), created);
-    fake.clear();
-}
-
 #[tokio::test]
 async fn a_standby_whose_clock_runs_an_hour_ahead_does_not_steal_a_fresh_lease() {
     let (client, fake) = Fake::start();
-    let api: Api<Lease> = Api::namespaced(client.clone(), "portway-system");
-    let clock = Arc::new(AtomicI64::new(0));
-    let a = settings("replica-a", clock.clone());
-    let b = skewed("replica-b", clock.clone(), 3600, 7);
-    let mut seen_by_a = Observer::default();
-    let mut seen_by_b = Observer::default();
-    lead(&api, &fake, &a, &mut seen_by_a).await;
+    let api: Api<Lease> = Api::namespaced(client, "portway-system");
+    let time = TestTime::default();
+    let mut a = Replica::new(&api, "replica-a", &time);
+    let mut b = Replica::skewed(&api, "replica-b", &time, 3600, 7);
+    lead(&mut a, &fake).await;
 
     // By B's wall clock A's renewTime is an hour old; comparing the two would take the Lease.
     for t in [0, 2, 5, 10, 15] {
-        clock.store(t, Ordering::SeqCst);
-        assert_eq!(
-            lease::try_acquire(&api, &b, &mut seen_by_b)
-                .await
-                .expect("b"),
-            Attempt::HeldBy("replica-a".into()),
-            "at {t} s"
-        );
+        time.store(t, Ordering::SeqCst);
+        assert_eq!(b.attempt().await, held_by("replica-a"), "at {t} s");
     }
     assert!(fake.writes().is_empty(), "B never wrote");
 }
@@ -204,28 +168,19 @@ async fn a_standby_whose_clock_runs_an_hour_ahead_does_not_steal_a_fresh_lease()
 #[tokio::test]
 async fn a_standby_whose_clock_runs_an_hour_behind_takes_over_within_one_lease() {
     let (client, fake) = Fake::start();
-    let api: Api<Lease> = Api::namespaced(client.clone(), "portway-system");
-    let clock = Arc::new(AtomicI64::new(0));
-    let a = settings("replica-a", clock.clone());
-    let b = skewed("replica-b", clock.clone(), -3600, 1_000);
-    let mut seen_by_a = Observer::default();
-    let mut seen_by_b = Observer::default();
-    lead(&api, &fake, &a, &mut seen_by_a).await;
+    let api: Api<Lease> = Api::namespaced(client, "portway-system");
+    let time = TestTime::default();
+    let mut a = Replica::new(&api, "replica-a", &time);
+    let mut b = Replica::skewed(&api, "replica-b", &time, -3600, 1_000);
+    lead(&mut a, &fake).await;
 
     // A's renewTime lies an hour in B's future; comparing the two would make B wait an hour
     // after A died. B watches the record instead: unchanged for more than 15 s means expired.
-    clock.store(1, Ordering::SeqCst);
+    time.store(1, Ordering::SeqCst);
+    assert_eq!(b.attempt().await, held_by("replica-a"));
+    time.store(17, Ordering::SeqCst);
     assert_eq!(
-        lease::try_acquire(&api, &b, &mut seen_by_b)
-            .await
-            .expect("b"),
-        Attempt::HeldBy("replica-a".into())
-    );
-    clock.store(17, Ordering::SeqCst);
-    assert_eq!(
-        lease::try_acquire(&api, &b, &mut seen_by_b)
-            .await
-            .expect("b"),
+        b.attempt().await,
         Attempt::Held,
         "16 s after B first saw the dead leader's record"
     );

@@ -386,38 +386,23 @@ mod tests {
 
     #[test]
     fn the_holders_own_duration_counts_and_a_missing_one_falls_back() {
-        let mut seen = Observer::default();
-        let mut short = record("a", 0);
-        short.lease_duration_seconds = Some(1);
-        assert_eq!(
-            decide(&short, "b", &mut seen, at(0), LEASE),
-            Decision::Wait("a".into())
-        );
-        assert_eq!(decide(&short, "b", &mut seen, at(2), LEASE), Decision::Take);
-
-        let mut seen = Observer::default();
-        let mut none = record("a", 0);
-        none.lease_duration_seconds = None;
-        assert_eq!(
-            decide(&none, "b", &mut seen, at(0), LEASE),
-            Decision::Wait("a".into())
-        );
-        assert_eq!(
-            decide(&none, "b", &mut seen, at(15), LEASE),
-            Decision::Wait("a".into())
-        );
-        assert_eq!(decide(&none, "b", &mut seen, at(16), LEASE), Decision::Take);
-
-        let mut seen = Observer::default();
-        let mut negative = record("a", 0);
-        negative.lease_duration_seconds = Some(-5);
-        assert_eq!(
-            decide(&negative, "b", &mut seen, at(0), LEASE),
-            Decision::Wait("a".into())
-        );
-        assert_eq!(
-            decide(&negative, "b", &mut seen, at(1), LEASE),
-            Decision::Take
-        );
+        // (leaseDurationSeconds, last second still waiting, first second taken)
+        for (duration, waits_at, takes_at) in [(Some(1), 1, 2), (None, 15, 16), (Some(-5), 0, 1)] {
+            let mut seen = Observer::default();
+            let mut held = record("a", 0);
+            held.lease_duration_seconds = duration;
+            for t in [0, waits_at] {
+                assert_eq!(
+                    decide(&held, "b", &mut seen, at(t), LEASE),
+                    Decision::Wait("a".into()),
+                    "{duration:?} at {t}"
+                );
+            }
+            assert_eq!(
+                decide(&held, "b", &mut seen, at(takes_at), LEASE),
+                Decision::Take,
+                "{duration:?} at {takes_at}"
+            );
+        }
     }
 }
