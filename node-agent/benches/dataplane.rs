@@ -298,7 +298,7 @@ fn p3_once(topo: &Topology, dir: &tempfile::TempDir, extra: &[&str]) -> Result<f
     let state = dir.path().join("state");
     let _ = std::fs::remove_dir_all(&state);
     let spec = dir.path().join("spec.yaml");
-    let mut cmd = Command::new(AGENT_BIN);
+    let mut cmd = Command::new(agent_bin());
     cmd.args([
         "run",
         "--spec-file",
@@ -422,7 +422,8 @@ fn main() {
     let run = |p: &str| wanted.is_empty() || wanted.iter().any(|w| w == p);
     let variant = system_variant();
     println!(
-        "dataplane bench: iptables-{variant} (the system's `iptables`), agent binary {AGENT_BIN}"
+        "dataplane bench: iptables-{variant} (the system's `iptables`), agent binary {}",
+        agent_bin().display()
     );
     let mut failed = false;
     if run("p1") {

@@ -365,7 +365,8 @@ fn cleanup_command_removes_every_agents_rules_only() {
         a.sigkill();
         b.sigkill();
         assert!(!portway_lines(&topo.node.name, mode).is_empty());
-        let out = topo.node.exec(AGENT_BIN, &["cleanup", "--iptables", mode]);
+        let bin = agent_bin().display().to_string();
+        let out = topo.node.exec(&bin, &["cleanup", "--iptables", mode]);
         assert!(
             out.status.success(),
             "{}",

@@ -22,8 +22,19 @@ use portway_node_agent::dataplane::iptables::render::{self, ChainNames};
 use portway_node_agent::dataplane::iptables::save;
 use portway_node_agent::rules::{self, Context};
 
-/// The agent binary under test.
-pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_portway-agent");
+/// The agent binary under test: cargo's own in the node agent's tests and bench; in another
+/// package that includes this kit with `#[path]` (the e2e crate), `portway-agent` in the target
+/// folder of the running test (`cargo build -p portway-node-agent` puts it there). It may not
+/// exist there; callers outside this package check.
+pub fn agent_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_portway-agent") {
+        Some(bin) => PathBuf::from(bin),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("portway-agent")))
+            .unwrap_or_else(|| PathBuf::from("portway-agent")),
+    }
+}
 
 /// Why real-kernel tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
@@ -686,7 +697,7 @@ impl AgentProc {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name]);
         if opts.readonly_proc_sys {
-            let quoted: Vec<String> = std::iter::once(AGENT_BIN.to_owned())
+            let quoted: Vec<String> = std::iter::once(agent_bin().display().to_string())
                 .chain(args.iter().cloned())
                 .map(|a| format!("'{a}'"))
                 .collect();
@@ -701,7 +712,7 @@ impl AgentProc {
                 ),
             ]);
         } else {
-            cmd.arg(AGENT_BIN).args(&args);
+            cmd.arg(agent_bin()).args(&args);
         }
         cmd.env("RUST_LOG", "portway_node_agent=debug,info")
             .envs(opts.extra_env.iter().cloned())
