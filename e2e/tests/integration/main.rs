@@ -17,6 +17,8 @@
 //! - `rbac`: the chart's RBAC and admission policy with the real operator (as its ServiceAccount)
 //!   and agents (pod-bound tokens): enough for the operator, nothing beyond their own entry for
 //!   agents.
+//! - `kube_proxy`: a real kube-proxy (iptables mode) and the agent's `Host` dataplane in one
+//!   netns with real traffic: both serve, neither touches the other's rules (root only).
 //! - `common`: starting operator replicas, simulated agents, Events, waiting for quiet.
 
 mod bad_input;
@@ -24,6 +26,7 @@ mod clustercidr;
 mod common;
 mod crds;
 mod harness;
+mod kube_proxy;
 mod leader;
 mod operator_status;
 mod rbac;

@@ -1,0 +1,428 @@
+//! The agent's `Host` dataplane beside a REAL kube-proxy (iptables mode, v1.33 on the build
+//! machine) in the same network namespace, with real traffic (docs/node-agent.md, `Host`).
+//!
+//! Topology (the node agent's real-kernel kit, node-agent/tests/support): client netns -> node
+//! netns (kube-proxy and two agents) -> backend netns. kube-proxy reaches the test API server
+//! (127.0.0.1 of the root netns) through an in-test TCP relay on 127.0.0.1 of the node netns.
+//! The Services are what Portway serves in a cluster: type LoadBalancer with fixed nodePorts and
+//! the node's address published in `status.loadBalancer.ingress` with `ipMode: VIP`, so
+//! kube-proxy programs its own rules for that address on the very ports the agents forward; one
+//! Service has externalTrafficPolicy Cluster, one Local (a second agent).
+//!
+//! Checked, once with kube-proxy on iptables-nft and once on iptables-legacy (its `PATH`
+//! decides; the agents use the variant kube-proxy's rules are found in):
+//! - before the agents, kube-proxy serves both NodePorts and both host ports;
+//! - with the agents, the host ports are served through Portway's DNAT rules (their packet
+//!   counters grow by one per connection) and the NodePorts still by kube-proxy; Local keeps the
+//!   client's address on both; this holds through 5 forced full kube-proxy resyncs and an
+//!   endpoint change (a second backend, then back), with each agent's rules present once;
+//! - kube-proxy's lines (every `iptables-save` rule and chain of both families not mentioning
+//!   Portway, counters ignored; see [`rules::kube_proxy_lines`] for the order) are identical
+//!   before, during and after the agents, and kube-proxy never finds its canary chain flushed;
+//! - after SIGTERM no Portway line is left and all four paths are served (by kube-proxy).
+//!
+//! Needs `KUBEBUILDER_ASSETS` with a `kube-proxy` next to `kube-apiserver`, root, `ip`, the
+//! iptables tools, and the agent binary (`cargo build -p portway-node-agent`); otherwise one
+//! `SKIP` line.
+
+#[path = "../../../node-agent/tests/support/mod.rs"]
+mod support;
+
+mod cluster;
+mod plumbing;
+mod rules;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use portway_e2e::envtest::{ASSETS_ENV, Assets};
+use portway_e2e::{TestEnv, report};
+use support::{
+    AgentOpts, AgentProc, NodeForwarding, TcpServer, Topology, addr, agent_bin, eventually, ip,
+    spec_dir, tcp_whoami,
+};
+
+use plumbing::{KubeProxy, Relay};
+
+const NODE: &str = "kp-node";
+/// The externalTrafficPolicy Cluster Service.
+const SERVICE: &str = "web";
+const CLUSTER_IP: &str = "10.43.0.80";
+const PORT: u16 = 80;
+const NODE_PORT: u16 = 30080;
+/// The externalTrafficPolicy Local Service (its backend is on this node).
+const LOCAL_SERVICE: &str = "web-local";
+const LOCAL_CLUSTER_IP: &str = "10.43.0.81";
+const LOCAL_PORT: u16 = 81;
+const LOCAL_NODE_PORT: u16 = 30081;
+/// Where the backends listen.
+const TARGET_PORT: u16 = 8080;
+/// The second backend address (added to the backend netns for the endpoint change).
+const BACKEND4_B: &str = "10.71.2.3";
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// kube-proxy's `--iptables-sync-period`: in v1.33 how often it checks its canary chain (a
+/// flush triggers a full resync); rules are resynced on changes, and in full when its Node's
+/// labels change.
+const SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// Full kube-proxy resyncs forced (a Node label change each) while the agents run.
+const RESYNCS: usize = 5;
+const T: Duration = Duration::from_secs(20);
+const SHORT: Duration = Duration::from_millis(800);
+/// New connections per path per check, every one of which must be served.
+const CONNECTIONS: usize = 5;
+
+#[tokio::test]
+async fn kube_proxy_iptables_nft_and_host_mode_agent_coexist() {
+    coexist("kube_proxy_iptables_nft_and_host_mode_agent_coexist", "nft").await;
+}
+
+#[tokio::test]
+async fn kube_proxy_iptables_legacy_and_host_mode_agent_coexist() {
+    coexist(
+        "kube_proxy_iptables_legacy_and_host_mode_agent_coexist",
+        "legacy",
+    )
+    .await;
+}
+
+/// Why the test cannot run here; `Ok(dir)` is the assets folder holding `kube-proxy`.
+fn assets_or_skip_reason(variant: &str) -> Result<std::path::PathBuf, String> {
+    let dir = match Assets::from_env() {
+        Ok(Some(assets)) => assets.dir,
+        Ok(None) => return Err(format!("{ASSETS_ENV} is not set; see docs/testing.md")),
+        // A misconfiguration must not look like a skip (as in every integration test).
+        Err(e) => panic!("{e}"),
+    };
+    if !dir.join("kube-proxy").is_file() {
+        return Err(format!(
+            "no `kube-proxy` in {ASSETS_ENV}={}: put one of the API server's version there (from \
+             a Kubernetes release's server binaries, kubernetes-server-linux-amd64.tar.gz, or \
+             built from the same tree; docs/testing.md)",
+            dir.display()
+        ));
+    }
+    if let Some(reason) = support::skip_reason() {
+        return Err(reason);
+    }
+    if !support::backends().contains(&variant) {
+        return Err(format!("the iptables-{variant} tools do not work here"));
+    }
+    if !agent_bin().is_file() {
+        return Err(format!(
+            "no agent binary at {}; run `cargo build -p portway-node-agent` (same target dir and \
+             profile) first",
+            agent_bin().display()
+        ));
+    }
+    Ok(dir)
+}
+
+/// The whole scenario with kube-proxy on iptables-`forced`.
+async fn coexist(test: &'static str, forced: &'static str) {
+    let assets = match assets_or_skip_reason(forced) {
+        Ok(dir) => dir,
+        Err(reason) => return report::skip(test, &reason),
+    };
+    let started = Instant::now();
+    let Some(env) = TestEnv::start_or_skip(test).await else {
+        return;
+    };
+    let kube_proxy_bin = assets.join("kube-proxy");
+    let version = kube_proxy_version(&kube_proxy_bin);
+    let client = env.client();
+    let ns = env.namespace("kp").await.expect("namespace");
+    let slices = cluster::create(&client, &ns).await;
+    let slice_api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+
+    // Namespaces, backends, the relay to the API server, kube-proxy.
+    let topo = Topology::new(NodeForwarding::On);
+    topo.backend
+        .ip(&["addr", "add", &format!("{BACKEND4_B}/24"), "dev", "b0"]);
+    let _servers = [addr::BACKEND4, BACKEND4_B]
+        .map(|b| TcpServer::start(&topo.backend.name, sa(b, TARGET_PORT)));
+    let relay = Relay::start(&topo.node.name, api_addr(env.url()));
+    let dir = env.dir().expect("env dir");
+    let kubeconfig = dir.join("kube-proxy.kubeconfig");
+    let admin = std::fs::read_to_string(env.kubeconfig_path().expect("kubeconfig"))
+        .expect("read kubeconfig");
+    let relayed = admin.replace(env.url(), &format!("https://127.0.0.1:{}", relay.port));
+    std::fs::write(&kubeconfig, relayed).expect("write kube-proxy's kubeconfig");
+    let mut kube_proxy = KubeProxy::start(
+        test,
+        &topo.node.name,
+        &kube_proxy_bin,
+        &kubeconfig,
+        &plumbing::iptables_tools(dir, forced),
+        &dir.join("kube-proxy.log"),
+    );
+    let node = topo.node.name.as_str();
+    let variant = wait_programmed(&mut kube_proxy, node);
+    assert_eq!(
+        variant, forced,
+        "kube-proxy's rules are not in its PATH's variant"
+    );
+    let mut paths = Paths {
+        client: &topo.client.name,
+        node,
+        variant,
+        kube_proxy: &kube_proxy,
+        via_portway: 0,
+    };
+
+    // (a) kube-proxy alone serves all four paths.
+    let first = sa(addr::NODE4, NODE_PORT);
+    eventually(T, || {
+        tcp_whoami(paths.client, Some(ip(addr::CLIENT4)), first, SHORT)
+    })
+    .unwrap_or_else(|e| panic!("NodePort via kube-proxy: {e}\n{}", kube_proxy.tail()));
+    paths.check("before the agents", false);
+    let before = rules::settled_lines(node, variant);
+    let syncs_before = kube_proxy.syncs();
+
+    // (b) The agents start beside it.
+    let spec = cluster::agent_spec("Cluster", PORT, NODE_PORT, CLUSTER_IP);
+    let local_spec = cluster::agent_spec("Local", LOCAL_PORT, LOCAL_NODE_PORT, LOCAL_CLUSTER_IP);
+    let mut agent = start_agent(&topo, variant, SERVICE, &spec, &slices.one_backend);
+    let mut local_agent = start_agent(&topo, variant, LOCAL_SERVICE, &local_spec, &slices.local);
+    let want = support::expected(&spec, &cluster::context(&[&slices.one_backend]));
+    converged(node, variant, &want, &agent);
+    local_agent
+        .wait_reason("RulesApplied", T)
+        .expect("the Local agent's rules");
+    let local_rules = support::installed_for(node, variant, LOCAL_SERVICE);
+    assert!(
+        !local_rules.is_empty() && support::duplicates(&local_rules) == 0,
+        "{local_rules:#?}"
+    );
+    paths.check("with the agents", true);
+    rules::assert_same(
+        &before,
+        &rules::settled_lines(node, variant),
+        "kube-proxy's lines once the agents' rules are in",
+    );
+
+    // (c) kube-proxy resyncs in full, several times, while the agents run.
+    let full_before = kube_proxy.full_syncs();
+    for round in 0..RESYNCS {
+        let full = kube_proxy.full_syncs();
+        cluster::relabel_node(&client, &round.to_string()).await;
+        // Both families resync in full, and finish.
+        eventually(T, || {
+            (kube_proxy.full_syncs() >= full + 2 && kube_proxy.idle())
+                .then_some(())
+                .ok_or_else(|| "no full resync yet".to_owned())
+        })
+        .unwrap_or_else(|e| panic!("full resync {round}: {e}\n{}", kube_proxy.tail()));
+        for a in [&mut agent, &mut local_agent] {
+            let status = a.child.try_wait().expect("agent status");
+            assert!(status.is_none(), "an agent exited\n{}", a.log_text());
+        }
+        paths.check(&format!("after full resync {round}"), true);
+        tokio::time::sleep(SYNC_PERIOD).await;
+    }
+    let full_syncs = kube_proxy.full_syncs() - full_before;
+    converged(node, variant, &want, &agent);
+    rules::assert_same(
+        &before,
+        &rules::settled_lines(node, variant),
+        "kube-proxy's lines after its full resyncs",
+    );
+
+    // An endpoint change, and back: kube-proxy resyncs, the agent follows its endpoints file.
+    cluster::replace_slice(&slice_api, &slices.two_backends).await;
+    cluster::write_endpoints(&agent, &[&slices.two_backends]);
+    eventually(T, || {
+        rules::kube_proxy_has_endpoint(node, variant, BACKEND4_B)
+    })
+    .unwrap_or_else(|e| panic!("kube-proxy never added {BACKEND4_B}: {e}"));
+    let want_two = support::expected(&spec, &cluster::context(&[&slices.two_backends]));
+    converged(node, variant, &want_two, &agent);
+    paths.check("with two backends", true);
+    cluster::replace_slice(&slice_api, &slices.one_backend).await;
+    cluster::write_endpoints(&agent, &[&slices.one_backend]);
+    eventually(T, || {
+        match rules::kube_proxy_has_endpoint(node, variant, BACKEND4_B) {
+            Ok(()) => Err(format!("{BACKEND4_B} still programmed")),
+            Err(_) => Ok(()),
+        }
+    })
+    .unwrap_or_else(|e| panic!("kube-proxy kept {BACKEND4_B}: {e}"));
+    converged(node, variant, &want, &agent);
+    rules::assert_same(
+        &before,
+        &rules::settled_lines(node, variant),
+        "kube-proxy's lines after the endpoint change and back",
+    );
+    paths.check("after the endpoint change", true);
+    let syncs = kube_proxy.syncs() - syncs_before;
+    assert!(
+        !kube_proxy.saw_flush(),
+        "kube-proxy found its canary chain flushed\n{}",
+        kube_proxy.tail()
+    );
+
+    // (e) SIGTERM: no Portway line is left, kube-proxy's are as before, all paths served.
+    for a in [&mut agent, &mut local_agent] {
+        let status = a.sigterm(T).expect("the agent exits after SIGTERM");
+        assert!(status.success(), "agent exit {status}\n{}", a.log_text());
+    }
+    let left = support::portway_lines(node, variant);
+    assert!(
+        left.is_empty(),
+        "Portway lines left after SIGTERM: {left:#?}"
+    );
+    rules::assert_same(
+        &before,
+        &rules::settled_lines(node, variant),
+        "kube-proxy's lines after the agents stopped",
+    );
+    paths.check("after the agents", false);
+    let via_portway = paths.via_portway;
+    let total_syncs = kube_proxy.syncs();
+    drop((agent, local_agent, kube_proxy, relay));
+
+    report::line(&format!(
+        "kube-proxy coexistence: kube-proxy {version} (iptables-{variant}), {syncs} syncs while the \
+         agents ran ({full_syncs} full, {total_syncs} in all); eTP Cluster and Local host ports \
+         and NodePorts all served before/during/after ({via_portway} connections through \
+         Portway's DNAT while it ran; Local kept the client address), 0 kube-proxy lines changed \
+         ({} compared), 0 PORTWAY lines left; {:.1}s",
+        before.len(),
+        started.elapsed().as_secs_f64()
+    ));
+}
+
+fn sa(host: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(host), port)
+}
+
+fn kube_proxy_version(bin: &Path) -> String {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .expect("kube-proxy --version");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("Kubernetes ")
+        .to_owned()
+}
+
+fn api_addr(url: &str) -> SocketAddr {
+    url.trim_start_matches("https://")
+        .parse()
+        .unwrap_or_else(|e| panic!("API server URL {url}: {e}"))
+}
+
+/// Waits until kube-proxy has programmed the Service's cluster IP and its rule for the published
+/// address (the overlap with the agent's host port); returns the variant it wrote.
+fn wait_programmed(kube_proxy: &mut KubeProxy, node: &str) -> &'static str {
+    let variant = eventually(T, || {
+        kube_proxy.running()?;
+        rules::programmed_variant(node, CLUSTER_IP)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "kube-proxy never programmed {CLUSTER_IP}: {e}\n{}",
+            kube_proxy.tail()
+        )
+    });
+    let published = format!("-d {}/32", addr::NODE4);
+    eventually(T, || {
+        rules::save(node, variant, false, &["-t", "nat"])
+            .lines()
+            .any(|l| {
+                l.starts_with("-A KUBE-SERVICES")
+                    && l.contains(&published)
+                    && l.contains("loadbalancer IP")
+            })
+            .then_some(())
+            .ok_or_else(|| "no rule for the published address yet".to_owned())
+    })
+    .unwrap_or_else(|e| panic!("kube-proxy: {e}\n{}", kube_proxy.tail()));
+    variant
+}
+
+/// An agent for `service` in `Host` mode in the node netns, on `variant`, ready.
+fn start_agent(
+    topo: &Topology,
+    variant: &str,
+    service: &str,
+    spec: &str,
+    slice: &EndpointSlice,
+) -> AgentProc {
+    let mut agent = AgentProc::start_in(
+        &topo.node,
+        spec_dir(spec, Some(&cluster::endpoints_file(&[slice]))),
+        &AgentOpts {
+            node: NODE.into(),
+            host_ips: vec![addr::NODE4.into()],
+            service: service.into(),
+            ..AgentOpts::host(variant)
+        },
+    );
+    agent.wait_ready(T).expect("agent ready");
+    agent
+}
+
+/// The Cluster agent's rules are exactly `want`, one copy each.
+fn converged(node: &str, variant: &str, want: &BTreeMap<String, usize>, agent: &AgentProc) {
+    support::wait_converged(node, variant, want, T)
+        .unwrap_or_else(|e| panic!("the agent's rules: {e}\n{}", agent.log_text()));
+    let installed = support::installed_for(node, variant, SERVICE);
+    assert_eq!(support::duplicates(&installed), 0, "{installed:#?}");
+}
+
+/// The four paths from the client to the node's address: both Services' NodePorts and host
+/// ports.
+struct Paths<'a> {
+    client: &'a str,
+    node: &'a str,
+    variant: &'a str,
+    kube_proxy: &'a KubeProxy,
+    /// Connections Portway's DNAT rules counted during the checks.
+    via_portway: u64,
+}
+
+impl Paths<'_> {
+    /// [`CONNECTIONS`] new connections on each path, every one answered by a backend that saw
+    /// the node (Cluster masquerades) or the client itself (Local). With `agents`, the host ports
+    /// must be served through Portway's DNAT rules, whose packet counters must grow by one per
+    /// connection (else kube-proxy's rule for the published address serves them).
+    fn check(&mut self, what: &str, agents: bool) {
+        for (node_port, host_port, source) in [
+            (NODE_PORT, PORT, addr::NODE4_INNER),
+            (LOCAL_NODE_PORT, LOCAL_PORT, addr::CLIENT4),
+        ] {
+            self.served(sa(addr::NODE4, node_port), source, what);
+            let counted = rules::portway_dnat_packets(self.node, self.variant);
+            self.served(sa(addr::NODE4, host_port), source, what);
+            if agents {
+                let grown = rules::portway_dnat_packets(self.node, self.variant) - counted;
+                assert!(
+                    grown >= CONNECTIONS as u64,
+                    "{what}: only {grown} of {CONNECTIONS} connections to host port {host_port} \
+                     went through Portway's DNAT"
+                );
+                self.via_portway += grown;
+            }
+        }
+    }
+
+    fn served(&self, dst: SocketAddr, source: &str, what: &str) {
+        for n in 0..CONNECTIONS {
+            let seen =
+                tcp_whoami(self.client, Some(ip(addr::CLIENT4)), dst, SHORT).unwrap_or_else(|e| {
+                    panic!(
+                        "{what}: connection {n} to {dst}: {e}\n{}",
+                        self.kube_proxy.tail()
+                    )
+                });
+            assert_eq!(seen, source, "{what}: the address {dst}'s backend saw");
+        }
+    }
+}

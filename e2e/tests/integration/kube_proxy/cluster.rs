@@ -1,0 +1,172 @@
+//! The API objects kube-proxy watches and the agents' local files made from the same objects.
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use portway_e2e::objects;
+use serde_json::json;
+
+use super::support::{self, AgentProc, addr};
+use super::{
+    BACKEND4_B, CLUSTER_IP, LOCAL_CLUSTER_IP, LOCAL_NODE_PORT, LOCAL_PORT, LOCAL_SERVICE, NODE,
+    NODE_PORT, PORT, SERVICE, TARGET_PORT,
+};
+
+/// The EndpointSlices the test switches between.
+pub(super) struct Slices {
+    pub one_backend: EndpointSlice,
+    pub two_backends: EndpointSlice,
+    pub local: EndpointSlice,
+}
+
+/// Creates the Node (InternalIP = the node netns' address, a pod CIDR), both Services with the
+/// node's address published as Portway's operator does (`ipMode: VIP`) and their EndpointSlices
+/// (one backend each).
+pub(super) async fn create(client: &Client, ns: &str) -> Slices {
+    objects::create_node(
+        client,
+        &objects::node(NODE, &[], &[("InternalIP", addr::NODE4)]),
+    )
+    .await
+    .expect("node");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pod_cidr = json!({"spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}});
+    nodes
+        .patch(NODE, &PatchParams::default(), &Patch::Merge(pod_cidr))
+        .await
+        .expect("node podCIDR");
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    for (name, cluster_ip, port, node_port) in [
+        (SERVICE, CLUSTER_IP, PORT, NODE_PORT),
+        (LOCAL_SERVICE, LOCAL_CLUSTER_IP, LOCAL_PORT, LOCAL_NODE_PORT),
+    ] {
+        let svc = service(ns, name, cluster_ip, port, node_port);
+        services
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("service");
+        let ingress = json!({"status": {"loadBalancer": {"ingress": [
+            {"ip": addr::NODE4, "ipMode": "VIP"}
+        ]}}});
+        services
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(ingress))
+            .await
+            .expect("service ingress");
+    }
+    let slices = Slices {
+        one_backend: slice_of(ns, SERVICE, &[addr::BACKEND4]),
+        two_backends: slice_of(ns, SERVICE, &[addr::BACKEND4, BACKEND4_B]),
+        local: slice_of(ns, LOCAL_SERVICE, &[addr::BACKEND4]),
+    };
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    for slice in [&slices.one_backend, &slices.local] {
+        api.create(&PostParams::default(), slice)
+            .await
+            .expect("endpointslice");
+    }
+    slices
+}
+
+/// Sets label `portway.dev/kp-resync=<value>` on the Node: kube-proxy resyncs in full.
+pub(super) async fn relabel_node(client: &Client, value: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let labels = json!({"metadata": {"labels": {"portway.dev/kp-resync": value}}});
+    nodes
+        .patch(NODE, &PatchParams::default(), &Patch::Merge(labels))
+        .await
+        .expect("node label");
+}
+
+/// A LoadBalancer Service (IPv4) with one port `http` -> [`TARGET_PORT`] and a fixed nodePort;
+/// eTP Local for [`LOCAL_SERVICE`], else Cluster.
+fn service(ns: &str, name: &str, cluster_ip: &str, port: u16, node_port: u16) -> Service {
+    let policy = if name == LOCAL_SERVICE {
+        "Local"
+    } else {
+        "Cluster"
+    };
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIP": cluster_ip,
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "externalTrafficPolicy": policy,
+            "ports": [{"name": "http", "protocol": "TCP", "port": port,
+                       "targetPort": TARGET_PORT, "nodePort": node_port}]
+        }
+    }))
+    .expect("service object")
+}
+
+/// The IPv4 EndpointSlice `<service>-v4` with `backends` on this node, ready.
+fn slice_of(ns: &str, service: &str, backends: &[&str]) -> EndpointSlice {
+    let endpoints: Vec<objects::TestEndpoint<'_>> = backends
+        .iter()
+        .map(|address| objects::TestEndpoint {
+            address,
+            node: NODE,
+            ready: true,
+        })
+        .collect();
+    objects::endpoint_slice(
+        ns,
+        service,
+        &format!("{service}-v4"),
+        "IPv4",
+        &[("http", "TCP", i32::from(TARGET_PORT))],
+        &endpoints,
+    )
+}
+
+/// Replaces the EndpointSlice of the same name with `slice`.
+pub(super) async fn replace_slice(api: &Api<EndpointSlice>, slice: &EndpointSlice) {
+    let name = slice.metadata.name.clone().unwrap_or_default();
+    let current = api.get(&name).await.expect("get endpointslice");
+    let mut slice = slice.clone();
+    slice.metadata.resource_version = current.metadata.resource_version;
+    api.replace(&name, &PostParams::default(), &slice)
+        .await
+        .expect("replace endpointslice");
+}
+
+/// The agent's local spec file for one Service in `Host` mode.
+pub(super) fn agent_spec(policy: &str, port: u16, node_port: u16, cluster_ip: &str) -> String {
+    format!(
+        "pool: p
+dataplane: Host
+externalTrafficPolicy: {policy}
+ports:
+- {{name: http, protocol: TCP, port: {port}, hostPort: {port}, nodePort: {node_port}}}
+clusterIPs: [{cluster_ip}]
+ipFamilies: [IPv4]
+"
+    )
+}
+
+/// The agent's endpoints file: the same EndpointSlices the test writes to the API, as a `List`.
+pub(super) fn endpoints_file(slices: &[&EndpointSlice]) -> String {
+    serde_json::to_string(&json!({ "items": slices })).expect("endpoints json")
+}
+
+/// Rewrites the agent's endpoints file and tells it to re-read now.
+pub(super) fn write_endpoints(agent: &AgentProc, slices: &[&EndpointSlice]) {
+    support::write_atomic(
+        &agent.dir.path().join("endpoints.yaml"),
+        &endpoints_file(slices),
+    );
+    agent.sighup();
+}
+
+/// The rule context the agent of [`SERVICE`] works from.
+pub(super) fn context(slices: &[&EndpointSlice]) -> portway_node_agent::rules::Context {
+    let mut ctx = support::context(
+        &[addr::NODE4, addr::NODE6],
+        &[addr::NODE4],
+        Some(&endpoints_file(slices)),
+    );
+    ctx.node_name = NODE.into();
+    ctx
+}
