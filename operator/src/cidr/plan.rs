@@ -148,18 +148,23 @@ pub fn plan_for_nodes(nodes: &[Node], cidrs: &[ClusterCIDR]) -> Result<CidrPlan,
         return Err(CidrPlanError::Unnamed("Node"));
     }
     // Name order, as the controller processes them; a sorted Vec (not a map) keeps this linear
-    // apart from the sort.
-    let mut order: Vec<&Node> = nodes.iter().collect();
-    order.sort_unstable_by(|a, b| name_of(a).cmp(name_of(b)));
-    if let Some(w) = order.windows(2).find(|w| name_of(w[0]) == name_of(w[1])) {
-        return Err(CidrPlanError::DuplicateNode(name_of(w[0]).to_owned()));
+    // apart from the sort. What the passes below need of each Node is read in this one pass over
+    // the input: at tens of thousands of Nodes the objects no longer fit in the CPU's caches, and
+    // every further pass over them would fetch them from memory again.
+    let mut order: Vec<(&str, &Node, bool)> = nodes
+        .iter()
+        .map(|n| (name_of(n), n, has_pod_cidrs(n)))
+        .collect();
+    order.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(CidrPlanError::DuplicateNode(w[0].0.to_owned()));
     }
 
     let mut alloc = Allocator::new(cidrs);
     // First every Node that has CIDRs: they are adopted before anything is handed out.
     let mut adopted: Vec<NodeCidrs> = Vec::new();
-    for node in &order {
-        if !has_pod_cidrs(node) {
+    for &(_, node, has_cidrs) in &order {
+        if !has_cidrs {
             continue;
         }
         let f = NodeFacts::from_node(node);
@@ -194,9 +199,8 @@ pub fn plan_for_nodes(nodes: &[Node], cidrs: &[ClusterCIDR]) -> Result<CidrPlan,
     let mut out: Vec<NodeCidrs> = Vec::with_capacity(order.len());
     let no_labels = BTreeMap::new();
     let mut waiting: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for node in &order {
-        let name = name_of(node);
-        if adopted.peek().is_some_and(|a| a.node == name) {
+    for &(name, node, has_cidrs) in &order {
+        if has_cidrs {
             out.extend(adopted.next());
             continue;
         }
