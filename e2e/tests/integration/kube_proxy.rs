@@ -4,22 +4,27 @@
 //! Topology (the node agent's real-kernel kit, node-agent/tests/support): client netns -> node
 //! netns (kube-proxy and two agents) -> backend netns. kube-proxy reaches the test API server
 //! (127.0.0.1 of the root netns) through an in-test TCP relay on 127.0.0.1 of the node netns.
-//! The Services are what Portway serves in a cluster: type LoadBalancer with fixed nodePorts and
-//! the node's address published in `status.loadBalancer.ingress` with `ipMode: VIP`, so
-//! kube-proxy programs its own rules for that address on the very ports the agents forward; one
-//! Service has externalTrafficPolicy Cluster, one Local (a second agent).
+//! The Services are what Portway serves in a cluster: dual-stack (`RequireDualStack`, a cluster
+//! IP of each family) type LoadBalancer with fixed nodePorts and the node's IPv4 and IPv6
+//! addresses published in `status.loadBalancer.ingress` with `ipMode: VIP`, so kube-proxy
+//! programs its own rules for those addresses on the very ports the agents forward; one Service
+//! has externalTrafficPolicy Cluster, one Local (a second agent). kube-proxy is dual-stack (a
+//! cluster CIDR of each family, its Node has an InternalIP of each), the agents have both node
+//! addresses, and every check below is made over IPv4 and over IPv6.
 //!
 //! Checked, once with kube-proxy on iptables-nft and once on iptables-legacy (its `PATH`
 //! decides; the agents use the variant kube-proxy's rules are found in):
 //! - before the agents, kube-proxy serves both NodePorts and both host ports;
 //! - with the agents, the host ports are served through Portway's DNAT rules (their packet
-//!   counters grow by one per connection) and the NodePorts still by kube-proxy; Local keeps the
-//!   client's address on both; this holds through 5 forced full kube-proxy resyncs and an
-//!   endpoint change (a second backend, then back), with each agent's rules present once;
-//! - kube-proxy's lines (every `iptables-save` rule and chain of both families not mentioning
+//!   counters, in iptables and ip6tables, grow by one per connection) and the NodePorts still by
+//!   kube-proxy; Local keeps the client's address on both; this holds through 5 forced full
+//!   kube-proxy resyncs and an endpoint change (a second backend in each family, then back),
+//!   with each agent's rules present once;
+//! - kube-proxy's lines (every `iptables-save` and `ip6tables-save` rule and chain not mentioning
 //!   Portway, counters ignored; see [`rules::kube_proxy_lines`] for the order) are identical
 //!   before, during and after the agents, and kube-proxy never finds its canary chain flushed;
-//! - after SIGTERM no Portway line is left and all four paths are served (by kube-proxy).
+//! - after SIGTERM no Portway line is left in either family and all eight paths are served (by
+//!   kube-proxy).
 //!
 //! Needs `KUBEBUILDER_ASSETS` with a `kube-proxy` next to `kube-apiserver`, root, `ip`, the
 //! iptables tools, and the agent binary (`cargo build -p portway-node-agent`); otherwise one
@@ -53,18 +58,22 @@ const NODE: &str = "kp-node";
 /// The externalTrafficPolicy Cluster Service.
 const SERVICE: &str = "web";
 const CLUSTER_IP: &str = "10.43.0.80";
+const CLUSTER_IP6: &str = "fd00:10:43::80";
 const PORT: u16 = 80;
 const NODE_PORT: u16 = 30080;
 /// The externalTrafficPolicy Local Service (its backend is on this node).
 const LOCAL_SERVICE: &str = "web-local";
 const LOCAL_CLUSTER_IP: &str = "10.43.0.81";
+const LOCAL_CLUSTER_IP6: &str = "fd00:10:43::81";
 const LOCAL_PORT: u16 = 81;
 const LOCAL_NODE_PORT: u16 = 30081;
 /// Where the backends listen.
 const TARGET_PORT: u16 = 8080;
-/// The second backend address (added to the backend netns for the endpoint change).
+/// The second backend addresses (added to the backend netns for the endpoint change).
 const BACKEND4_B: &str = "10.71.2.3";
-const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const BACKEND6_B: &str = "fd71:2::3";
+/// kube-proxy's `--cluster-cidr`, dual-stack.
+const CLUSTER_CIDR: &str = "10.244.0.0/16,fd00:10:244::/56";
 /// kube-proxy's `--iptables-sync-period`: in v1.33 how often it checks its canary chain (a
 /// flush triggers a full resync); rules are resynced on changes, and in full when its Node's
 /// labels change.
@@ -143,7 +152,15 @@ async fn coexist(test: &'static str, forced: &'static str) {
     let topo = Topology::new(NodeForwarding::On);
     topo.backend
         .ip(&["addr", "add", &format!("{BACKEND4_B}/24"), "dev", "b0"]);
-    let _servers = [addr::BACKEND4, BACKEND4_B]
+    topo.backend.ip(&[
+        "addr",
+        "add",
+        &format!("{BACKEND6_B}/64"),
+        "dev",
+        "b0",
+        "nodad",
+    ]);
+    let _servers = [addr::BACKEND4, BACKEND4_B, addr::BACKEND6, BACKEND6_B]
         .map(|b| TcpServer::start(&topo.backend.name, sa(b, TARGET_PORT)));
     let relay = Relay::start(&topo.node.name, api_addr(env.url()));
     let dir = env.dir().expect("env dir");
@@ -171,25 +188,37 @@ async fn coexist(test: &'static str, forced: &'static str) {
         node,
         variant,
         kube_proxy: &kube_proxy,
-        via_portway: 0,
+        via_portway: [0, 0],
     };
 
-    // (a) kube-proxy alone serves all four paths.
-    let first = sa(addr::NODE4, NODE_PORT);
-    eventually(T, || {
-        tcp_whoami(paths.client, Some(ip(addr::CLIENT4)), first, SHORT)
-    })
-    .unwrap_or_else(|e| panic!("NodePort via kube-proxy: {e}\n{}", kube_proxy.tail()));
+    // (a) kube-proxy alone serves all eight paths.
+    for (node_addr, client_addr) in [(addr::NODE4, addr::CLIENT4), (addr::NODE6, addr::CLIENT6)] {
+        let first = sa(node_addr, NODE_PORT);
+        eventually(T, || {
+            tcp_whoami(paths.client, Some(ip(client_addr)), first, SHORT)
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "NodePort {first} via kube-proxy: {e}\n{}",
+                kube_proxy.tail()
+            )
+        });
+    }
     paths.check("before the agents", false);
     let before = rules::settled_lines(node, variant);
     let syncs_before = kube_proxy.syncs();
 
     // (b) The agents start beside it.
-    let spec = cluster::agent_spec("Cluster", PORT, NODE_PORT, CLUSTER_IP);
-    let local_spec = cluster::agent_spec("Local", LOCAL_PORT, LOCAL_NODE_PORT, LOCAL_CLUSTER_IP);
+    let spec = cluster::agent_spec("Cluster", PORT, NODE_PORT, [CLUSTER_IP, CLUSTER_IP6]);
+    let local_spec = cluster::agent_spec(
+        "Local",
+        LOCAL_PORT,
+        LOCAL_NODE_PORT,
+        [LOCAL_CLUSTER_IP, LOCAL_CLUSTER_IP6],
+    );
     let mut agent = start_agent(&topo, variant, SERVICE, &spec, &slices.one_backend);
     let mut local_agent = start_agent(&topo, variant, LOCAL_SERVICE, &local_spec, &slices.local);
-    let want = support::expected(&spec, &cluster::context(&[&slices.one_backend]));
+    let want = support::expected(&spec, &cluster::context(&slices.one_backend));
     converged(node, variant, &want, &agent);
     local_agent
         .wait_reason("RulesApplied", T)
@@ -234,24 +263,26 @@ async fn coexist(test: &'static str, forced: &'static str) {
     );
 
     // An endpoint change, and back: kube-proxy resyncs, the agent follows its endpoints file.
-    cluster::replace_slice(&slice_api, &slices.two_backends).await;
-    cluster::write_endpoints(&agent, &[&slices.two_backends]);
-    eventually(T, || {
-        rules::kube_proxy_has_endpoint(node, variant, BACKEND4_B)
-    })
-    .unwrap_or_else(|e| panic!("kube-proxy never added {BACKEND4_B}: {e}"));
-    let want_two = support::expected(&spec, &cluster::context(&[&slices.two_backends]));
+    cluster::replace_slices(&slice_api, &slices.two_backends).await;
+    cluster::write_endpoints(&agent, &slices.two_backends);
+    for b in [BACKEND4_B, BACKEND6_B] {
+        eventually(T, || rules::kube_proxy_has_endpoint(node, variant, b))
+            .unwrap_or_else(|e| panic!("kube-proxy never added {b}: {e}"));
+    }
+    let want_two = support::expected(&spec, &cluster::context(&slices.two_backends));
     converged(node, variant, &want_two, &agent);
     paths.check("with two backends", true);
-    cluster::replace_slice(&slice_api, &slices.one_backend).await;
-    cluster::write_endpoints(&agent, &[&slices.one_backend]);
-    eventually(T, || {
-        match rules::kube_proxy_has_endpoint(node, variant, BACKEND4_B) {
-            Ok(()) => Err(format!("{BACKEND4_B} still programmed")),
-            Err(_) => Ok(()),
-        }
-    })
-    .unwrap_or_else(|e| panic!("kube-proxy kept {BACKEND4_B}: {e}"));
+    cluster::replace_slices(&slice_api, &slices.one_backend).await;
+    cluster::write_endpoints(&agent, &slices.one_backend);
+    for b in [BACKEND4_B, BACKEND6_B] {
+        eventually(T, || {
+            match rules::kube_proxy_has_endpoint(node, variant, b) {
+                Ok(()) => Err(format!("{b} still programmed")),
+                Err(_) => Ok(()),
+            }
+        })
+        .unwrap_or_else(|e| panic!("kube-proxy kept {b}: {e}"));
+    }
     converged(node, variant, &want, &agent);
     rules::assert_same(
         &before,
@@ -271,6 +302,7 @@ async fn coexist(test: &'static str, forced: &'static str) {
         let status = a.sigterm(T).expect("the agent exits after SIGTERM");
         assert!(status.success(), "agent exit {status}\n{}", a.log_text());
     }
+    // Both families (iptables-save and ip6tables-save).
     let left = support::portway_lines(node, variant);
     assert!(
         left.is_empty(),
@@ -282,17 +314,19 @@ async fn coexist(test: &'static str, forced: &'static str) {
         "kube-proxy's lines after the agents stopped",
     );
     paths.check("after the agents", false);
-    let via_portway = paths.via_portway;
+    let [via4, via6] = paths.via_portway;
     let total_syncs = kube_proxy.syncs();
     drop((agent, local_agent, kube_proxy, relay));
 
+    let compared6 = before.iter().filter(|l| l.starts_with("v6 ")).count();
     report::line(&format!(
-        "kube-proxy coexistence: kube-proxy {version} (iptables-{variant}), {syncs} syncs while the \
-         agents ran ({full_syncs} full, {total_syncs} in all); eTP Cluster and Local host ports \
-         and NodePorts all served before/during/after ({via_portway} connections through \
-         Portway's DNAT while it ran; Local kept the client address), 0 kube-proxy lines changed \
-         ({} compared), 0 PORTWAY lines left; {:.1}s",
-        before.len(),
+        "kube-proxy coexistence: kube-proxy {version} (iptables-{variant}, dual-stack), {syncs} \
+         syncs while the agents ran ({full_syncs} full, {total_syncs} in all); eTP Cluster and \
+         Local host ports and NodePorts all served over IPv4 and IPv6 before/during/after ({via4} \
+         IPv4 + {via6} IPv6 connections through Portway's DNAT while it ran; Local kept the \
+         client address in both families), 0 kube-proxy lines changed ({} iptables + {compared6} \
+         ip6tables compared), 0 PORTWAY lines left in either family; {:.1}s",
+        before.len() - compared6,
         started.elapsed().as_secs_f64()
     ));
 }
@@ -318,8 +352,9 @@ fn api_addr(url: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("API server URL {url}: {e}"))
 }
 
-/// Waits until kube-proxy has programmed the Service's cluster IP and its rule for the published
-/// address (the overlap with the agent's host port); returns the variant it wrote.
+/// Waits until kube-proxy has programmed the Service's cluster IP and, in both families, its
+/// cluster IP and rule for the published address (the overlap with the agent's host port);
+/// returns the variant it wrote.
 fn wait_programmed(kube_proxy: &mut KubeProxy, node: &str) -> &'static str {
     let variant = eventually(T, || {
         kube_proxy.running()?;
@@ -331,36 +366,49 @@ fn wait_programmed(kube_proxy: &mut KubeProxy, node: &str) -> &'static str {
             kube_proxy.tail()
         )
     });
-    let published = format!("-d {}/32", addr::NODE4);
-    eventually(T, || {
-        rules::save(node, variant, false, &["-t", "nat"])
-            .lines()
-            .any(|l| {
-                l.starts_with("-A KUBE-SERVICES")
-                    && l.contains(&published)
-                    && l.contains("loadbalancer IP")
-            })
-            .then_some(())
-            .ok_or_else(|| "no rule for the published address yet".to_owned())
-    })
-    .unwrap_or_else(|e| panic!("kube-proxy: {e}\n{}", kube_proxy.tail()));
+    for (v6, cluster_ip, published) in [
+        (
+            false,
+            format!("-d {CLUSTER_IP}/32"),
+            format!("-d {}/32", addr::NODE4),
+        ),
+        (
+            true,
+            format!("-d {CLUSTER_IP6}/128"),
+            format!("-d {}/128", addr::NODE6),
+        ),
+    ] {
+        eventually(T, || {
+            let nat = rules::save(node, variant, v6, &["-t", "nat"]);
+            let services = || nat.lines().filter(|l| l.starts_with("-A KUBE-SERVICES"));
+            if !services().any(|l| l.contains(&cluster_ip)) {
+                return Err(format!("no rule for the cluster IP ({cluster_ip}) yet"));
+            }
+            services()
+                .any(|l| l.contains(&published) && l.contains("loadbalancer IP"))
+                .then_some(())
+                .ok_or_else(|| format!("no rule for the published address ({published}) yet"))
+        })
+        .unwrap_or_else(|e| panic!("kube-proxy: {e}\n{}", kube_proxy.tail()));
+    }
     variant
 }
 
-/// An agent for `service` in `Host` mode in the node netns, on `variant`, ready.
+/// An agent for `service` in `Host` mode in the node netns (both node addresses), on `variant`,
+/// ready.
 fn start_agent(
     topo: &Topology,
     variant: &str,
     service: &str,
     spec: &str,
-    slice: &EndpointSlice,
+    slices: &[EndpointSlice],
 ) -> AgentProc {
     let mut agent = AgentProc::start_in(
         &topo.node,
-        spec_dir(spec, Some(&cluster::endpoints_file(&[slice]))),
+        spec_dir(spec, Some(&cluster::endpoints_file(slices))),
         &AgentOpts {
             node: NODE.into(),
-            host_ips: vec![addr::NODE4.into()],
+            host_ips: vec![addr::NODE4.into(), addr::NODE6.into()],
             service: service.into(),
             ..AgentOpts::host(variant)
         },
@@ -377,51 +425,58 @@ fn converged(node: &str, variant: &str, want: &BTreeMap<String, usize>, agent: &
     assert_eq!(support::duplicates(&installed), 0, "{installed:#?}");
 }
 
-/// The four paths from the client to the node's address: both Services' NodePorts and host
-/// ports.
+/// The eight paths from the client to the node's addresses: both Services' NodePorts and host
+/// ports, over IPv4 and over IPv6.
 struct Paths<'a> {
     client: &'a str,
     node: &'a str,
     variant: &'a str,
     kube_proxy: &'a KubeProxy,
-    /// Connections Portway's DNAT rules counted during the checks.
-    via_portway: u64,
+    /// Connections Portway's DNAT rules counted during the checks, IPv4 and IPv6.
+    via_portway: [u64; 2],
 }
 
 impl Paths<'_> {
     /// [`CONNECTIONS`] new connections on each path, every one answered by a backend that saw
     /// the node (Cluster masquerades) or the client itself (Local). With `agents`, the host ports
-    /// must be served through Portway's DNAT rules, whose packet counters must grow by one per
-    /// connection (else kube-proxy's rule for the published address serves them).
+    /// must be served through Portway's DNAT rules of that family, whose packet counters must
+    /// grow by one per connection (else kube-proxy's rule for the published address serves them).
     fn check(&mut self, what: &str, agents: bool) {
-        for (node_port, host_port, source) in [
-            (NODE_PORT, PORT, addr::NODE4_INNER),
-            (LOCAL_NODE_PORT, LOCAL_PORT, addr::CLIENT4),
-        ] {
-            self.served(sa(addr::NODE4, node_port), source, what);
-            let counted = rules::portway_dnat_packets(self.node, self.variant);
-            self.served(sa(addr::NODE4, host_port), source, what);
-            if agents {
-                let grown = rules::portway_dnat_packets(self.node, self.variant) - counted;
-                assert!(
-                    grown >= CONNECTIONS as u64,
-                    "{what}: only {grown} of {CONNECTIONS} connections to host port {host_port} \
-                     went through Portway's DNAT"
-                );
-                self.via_portway += grown;
+        let families = [
+            (false, addr::NODE4, addr::CLIENT4, addr::NODE4_INNER),
+            (true, addr::NODE6, addr::CLIENT6, addr::NODE6_INNER),
+        ];
+        for (v6, node_addr, client, node_inner) in families {
+            for (node_port, host_port, source) in [
+                (NODE_PORT, PORT, node_inner),
+                (LOCAL_NODE_PORT, LOCAL_PORT, client),
+            ] {
+                self.served(client, sa(node_addr, node_port), source, what);
+                let counted = rules::portway_dnat_packets(self.node, self.variant, v6);
+                let dst = sa(node_addr, host_port);
+                self.served(client, dst, source, what);
+                if agents {
+                    let now = rules::portway_dnat_packets(self.node, self.variant, v6);
+                    let grown = now - counted;
+                    assert!(
+                        grown >= CONNECTIONS as u64,
+                        "{what}: only {grown} of {CONNECTIONS} connections to {dst} went through \
+                         Portway's DNAT"
+                    );
+                    self.via_portway[usize::from(v6)] += grown;
+                }
             }
         }
     }
 
-    fn served(&self, dst: SocketAddr, source: &str, what: &str) {
+    fn served(&self, client: &str, dst: SocketAddr, source: &str, what: &str) {
         for n in 0..CONNECTIONS {
-            let seen =
-                tcp_whoami(self.client, Some(ip(addr::CLIENT4)), dst, SHORT).unwrap_or_else(|e| {
-                    panic!(
-                        "{what}: connection {n} to {dst}: {e}\n{}",
-                        self.kube_proxy.tail()
-                    )
-                });
+            let seen = tcp_whoami(self.client, Some(ip(client)), dst, SHORT).unwrap_or_else(|e| {
+                panic!(
+                    "{what}: connection {n} to {dst}: {e}\n{}",
+                    self.kube_proxy.tail()
+                )
+            });
             assert_eq!(seen, source, "{what}: the address {dst}'s backend saw");
         }
     }

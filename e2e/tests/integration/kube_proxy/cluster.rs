@@ -9,45 +9,58 @@ use serde_json::json;
 
 use super::support::{self, AgentProc, addr};
 use super::{
-    BACKEND4_B, CLUSTER_IP, LOCAL_CLUSTER_IP, LOCAL_NODE_PORT, LOCAL_PORT, LOCAL_SERVICE, NODE,
-    NODE_PORT, PORT, SERVICE, TARGET_PORT,
+    BACKEND4_B, BACKEND6_B, CLUSTER_IP, CLUSTER_IP6, LOCAL_CLUSTER_IP, LOCAL_CLUSTER_IP6,
+    LOCAL_NODE_PORT, LOCAL_PORT, LOCAL_SERVICE, NODE, NODE_PORT, PORT, SERVICE, TARGET_PORT,
 };
 
-/// The EndpointSlices the test switches between.
+/// The EndpointSlices the test switches between, each an IPv4 and an IPv6 slice.
 pub(super) struct Slices {
-    pub one_backend: EndpointSlice,
-    pub two_backends: EndpointSlice,
-    pub local: EndpointSlice,
+    pub one_backend: [EndpointSlice; 2],
+    pub two_backends: [EndpointSlice; 2],
+    pub local: [EndpointSlice; 2],
 }
 
-/// Creates the Node (InternalIP = the node netns' address, a pod CIDR), both Services with the
-/// node's address published as Portway's operator does (`ipMode: VIP`) and their EndpointSlices
-/// (one backend each).
+/// Creates the Node (InternalIPs = the node netns' IPv4 and IPv6 addresses, a pod CIDR of each
+/// family), both Services dual-stack with the node's two addresses published as Portway's
+/// operator does (`ipMode: VIP`) and their EndpointSlices (one backend per family each).
 pub(super) async fn create(client: &Client, ns: &str) -> Slices {
     objects::create_node(
         client,
-        &objects::node(NODE, &[], &[("InternalIP", addr::NODE4)]),
+        &objects::node(
+            NODE,
+            &[],
+            &[("InternalIP", addr::NODE4), ("InternalIP", addr::NODE6)],
+        ),
     )
     .await
     .expect("node");
     let nodes: Api<Node> = Api::all(client.clone());
-    let pod_cidr = json!({"spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}});
+    let pod_cidr = json!({"spec": {
+        "podCIDR": "10.244.1.0/24",
+        "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]
+    }});
     nodes
         .patch(NODE, &PatchParams::default(), &Patch::Merge(pod_cidr))
         .await
         .expect("node podCIDR");
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    for (name, cluster_ip, port, node_port) in [
-        (SERVICE, CLUSTER_IP, PORT, NODE_PORT),
-        (LOCAL_SERVICE, LOCAL_CLUSTER_IP, LOCAL_PORT, LOCAL_NODE_PORT),
+    for (name, cluster_ips, port, node_port) in [
+        (SERVICE, [CLUSTER_IP, CLUSTER_IP6], PORT, NODE_PORT),
+        (
+            LOCAL_SERVICE,
+            [LOCAL_CLUSTER_IP, LOCAL_CLUSTER_IP6],
+            LOCAL_PORT,
+            LOCAL_NODE_PORT,
+        ),
     ] {
-        let svc = service(ns, name, cluster_ip, port, node_port);
+        let svc = service(ns, name, cluster_ips, port, node_port);
         services
             .create(&PostParams::default(), &svc)
             .await
             .expect("service");
         let ingress = json!({"status": {"loadBalancer": {"ingress": [
-            {"ip": addr::NODE4, "ipMode": "VIP"}
+            {"ip": addr::NODE4, "ipMode": "VIP"},
+            {"ip": addr::NODE6, "ipMode": "VIP"}
         ]}}});
         services
             .patch_status(name, &PatchParams::default(), &Patch::Merge(ingress))
@@ -55,12 +68,17 @@ pub(super) async fn create(client: &Client, ns: &str) -> Slices {
             .expect("service ingress");
     }
     let slices = Slices {
-        one_backend: slice_of(ns, SERVICE, &[addr::BACKEND4]),
-        two_backends: slice_of(ns, SERVICE, &[addr::BACKEND4, BACKEND4_B]),
-        local: slice_of(ns, LOCAL_SERVICE, &[addr::BACKEND4]),
+        one_backend: slices_of(ns, SERVICE, &[addr::BACKEND4], &[addr::BACKEND6]),
+        two_backends: slices_of(
+            ns,
+            SERVICE,
+            &[addr::BACKEND4, BACKEND4_B],
+            &[addr::BACKEND6, BACKEND6_B],
+        ),
+        local: slices_of(ns, LOCAL_SERVICE, &[addr::BACKEND4], &[addr::BACKEND6]),
     };
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    for slice in [&slices.one_backend, &slices.local] {
+    for slice in slices.one_backend.iter().chain(&slices.local) {
         api.create(&PostParams::default(), slice)
             .await
             .expect("endpointslice");
@@ -78,9 +96,10 @@ pub(super) async fn relabel_node(client: &Client, value: &str) {
         .expect("node label");
 }
 
-/// A LoadBalancer Service (IPv4) with one port `http` -> [`TARGET_PORT`] and a fixed nodePort;
-/// eTP Local for [`LOCAL_SERVICE`], else Cluster.
-fn service(ns: &str, name: &str, cluster_ip: &str, port: u16, node_port: u16) -> Service {
+/// A dual-stack LoadBalancer Service (`RequireDualStack`, IPv4 first, both cluster IPs fixed)
+/// with one port `http` -> [`TARGET_PORT`] and a fixed nodePort; eTP Local for
+/// [`LOCAL_SERVICE`], else Cluster.
+fn service(ns: &str, name: &str, cluster_ips: [&str; 2], port: u16, node_port: u16) -> Service {
     let policy = if name == LOCAL_SERVICE {
         "Local"
     } else {
@@ -90,9 +109,10 @@ fn service(ns: &str, name: &str, cluster_ip: &str, port: u16, node_port: u16) ->
         "metadata": {"name": name, "namespace": ns},
         "spec": {
             "type": "LoadBalancer",
-            "clusterIP": cluster_ip,
-            "ipFamilies": ["IPv4"],
-            "ipFamilyPolicy": "SingleStack",
+            "clusterIP": cluster_ips[0],
+            "clusterIPs": cluster_ips,
+            "ipFamilies": ["IPv4", "IPv6"],
+            "ipFamilyPolicy": "RequireDualStack",
             "externalTrafficPolicy": policy,
             "ports": [{"name": "http", "protocol": "TCP", "port": port,
                        "targetPort": TARGET_PORT, "nodePort": node_port}]
@@ -101,8 +121,16 @@ fn service(ns: &str, name: &str, cluster_ip: &str, port: u16, node_port: u16) ->
     .expect("service object")
 }
 
-/// The IPv4 EndpointSlice `<service>-v4` with `backends` on this node, ready.
-fn slice_of(ns: &str, service: &str, backends: &[&str]) -> EndpointSlice {
+/// The EndpointSlices `<service>-v4` with `v4` and `<service>-v6` with `v6`.
+fn slices_of(ns: &str, service: &str, v4: &[&str], v6: &[&str]) -> [EndpointSlice; 2] {
+    [
+        slice_of(ns, service, "IPv4", v4),
+        slice_of(ns, service, "IPv6", v6),
+    ]
+}
+
+/// The EndpointSlice `<service>-v4` (or `-v6`) with `backends` on this node, ready.
+fn slice_of(ns: &str, service: &str, family: &str, backends: &[&str]) -> EndpointSlice {
     let endpoints: Vec<objects::TestEndpoint<'_>> = backends
         .iter()
         .map(|address| objects::TestEndpoint {
@@ -114,45 +142,53 @@ fn slice_of(ns: &str, service: &str, backends: &[&str]) -> EndpointSlice {
     objects::endpoint_slice(
         ns,
         service,
-        &format!("{service}-v4"),
-        "IPv4",
+        &format!("{service}-{}", if family == "IPv6" { "v6" } else { "v4" }),
+        family,
         &[("http", "TCP", i32::from(TARGET_PORT))],
         &endpoints,
     )
 }
 
-/// Replaces the EndpointSlice of the same name with `slice`.
-pub(super) async fn replace_slice(api: &Api<EndpointSlice>, slice: &EndpointSlice) {
-    let name = slice.metadata.name.clone().unwrap_or_default();
-    let current = api.get(&name).await.expect("get endpointslice");
-    let mut slice = slice.clone();
-    slice.metadata.resource_version = current.metadata.resource_version;
-    api.replace(&name, &PostParams::default(), &slice)
-        .await
-        .expect("replace endpointslice");
+/// Replaces the EndpointSlices of the same names with `slices`.
+pub(super) async fn replace_slices(api: &Api<EndpointSlice>, slices: &[EndpointSlice]) {
+    for slice in slices {
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        let current = api.get(&name).await.expect("get endpointslice");
+        let mut slice = slice.clone();
+        slice.metadata.resource_version = current.metadata.resource_version;
+        api.replace(&name, &PostParams::default(), &slice)
+            .await
+            .expect("replace endpointslice");
+    }
 }
 
-/// The agent's local spec file for one Service in `Host` mode.
-pub(super) fn agent_spec(policy: &str, port: u16, node_port: u16, cluster_ip: &str) -> String {
+/// The agent's local spec file for one dual-stack Service in `Host` mode.
+pub(super) fn agent_spec(
+    policy: &str,
+    port: u16,
+    node_port: u16,
+    cluster_ips: [&str; 2],
+) -> String {
     format!(
         "pool: p
 dataplane: Host
 externalTrafficPolicy: {policy}
 ports:
 - {{name: http, protocol: TCP, port: {port}, hostPort: {port}, nodePort: {node_port}}}
-clusterIPs: [{cluster_ip}]
-ipFamilies: [IPv4]
-"
+clusterIPs: ['{}', '{}']
+ipFamilies: [IPv4, IPv6]
+",
+        cluster_ips[0], cluster_ips[1]
     )
 }
 
 /// The agent's endpoints file: the same EndpointSlices the test writes to the API, as a `List`.
-pub(super) fn endpoints_file(slices: &[&EndpointSlice]) -> String {
+pub(super) fn endpoints_file(slices: &[EndpointSlice]) -> String {
     serde_json::to_string(&json!({ "items": slices })).expect("endpoints json")
 }
 
 /// Rewrites the agent's endpoints file and tells it to re-read now.
-pub(super) fn write_endpoints(agent: &AgentProc, slices: &[&EndpointSlice]) {
+pub(super) fn write_endpoints(agent: &AgentProc, slices: &[EndpointSlice]) {
     support::write_atomic(
         &agent.dir.path().join("endpoints.yaml"),
         &endpoints_file(slices),
@@ -161,10 +197,10 @@ pub(super) fn write_endpoints(agent: &AgentProc, slices: &[&EndpointSlice]) {
 }
 
 /// The rule context the agent of [`SERVICE`] works from.
-pub(super) fn context(slices: &[&EndpointSlice]) -> portway_node_agent::rules::Context {
+pub(super) fn context(slices: &[EndpointSlice]) -> portway_node_agent::rules::Context {
     let mut ctx = support::context(
         &[addr::NODE4, addr::NODE6],
-        &[addr::NODE4],
+        &[addr::NODE4, addr::NODE6],
         Some(&endpoints_file(slices)),
     );
     ctx.node_name = NODE.into();

@@ -40,13 +40,19 @@ pub(super) fn programmed_variant(ns: &str, cluster_ip: &str) -> Result<&'static 
     }
 }
 
+/// Whether kube-proxy has a KUBE-SEP rule sending to `address` (either family).
 pub(super) fn kube_proxy_has_endpoint(
     ns: &str,
     variant: &str,
     address: &str,
 ) -> Result<(), String> {
-    let needle = format!("--to-destination {address}:{TARGET_PORT}");
-    save(ns, variant, false, &["-t", "nat"])
+    let v6 = address.contains(':');
+    let needle = if v6 {
+        format!("--to-destination [{address}]:{TARGET_PORT}")
+    } else {
+        format!("--to-destination {address}:{TARGET_PORT}")
+    };
+    save(ns, variant, v6, &["-t", "nat"])
         .lines()
         .any(|l| l.starts_with("-A KUBE-SEP-") && l.contains(&needle))
         .then_some(())
@@ -135,9 +141,9 @@ pub(super) fn assert_same(before: &[String], now: &[String], what: &str) {
     );
 }
 
-/// Packets counted by Portway's DNAT rules (nat table, IPv4).
-pub(super) fn portway_dnat_packets(ns: &str, variant: &str) -> u64 {
-    save(ns, variant, false, &["-c", "-t", "nat"])
+/// Packets counted by Portway's DNAT rules (nat table, ip6tables with `v6`).
+pub(super) fn portway_dnat_packets(ns: &str, variant: &str, v6: bool) -> u64 {
+    save(ns, variant, v6, &["-c", "-t", "nat"])
         .lines()
         .filter(|l| l.contains("-A PORTWAY") && l.contains("-j DNAT"))
         .filter_map(|l| {
