@@ -8,23 +8,31 @@
 //! IP of each family) type LoadBalancer with fixed nodePorts and the node's IPv4 and IPv6
 //! addresses published in `status.loadBalancer.ingress` with `ipMode: VIP`, so kube-proxy
 //! programs its own rules for those addresses on the very ports the agents forward; one Service
-//! has externalTrafficPolicy Cluster, one Local (a second agent). kube-proxy is dual-stack (a
-//! cluster CIDR of each family, its Node has an InternalIP of each), the agents have both node
-//! addresses, and every check below is made over IPv4 and over IPv6.
+//! has externalTrafficPolicy Cluster, one Local (a second agent). Each Service has a TCP and a
+//! UDP port (own nodePort, own host port; the backends run a TCP and a UDP whoami server).
+//! kube-proxy is dual-stack (a cluster CIDR of each family, its Node has an InternalIP of each),
+//! the agents have both node addresses, and every check below is made over IPv4 and over IPv6,
+//! for TCP and for UDP.
 //!
 //! Checked, once with kube-proxy on iptables-nft and once on iptables-legacy (its `PATH`
 //! decides; the agents use the variant kube-proxy's rules are found in):
-//! - before the agents, kube-proxy serves both NodePorts and both host ports;
+//! - before the agents, kube-proxy serves the four NodePorts and the four host ports (TCP and
+//!   UDP of both Services);
 //! - with the agents, the host ports are served through Portway's DNAT rules (their packet
-//!   counters, in iptables and ip6tables, grow by one per connection) and the NodePorts still by
-//!   kube-proxy; Local keeps the client's address on both; this holds through 5 forced full
-//!   kube-proxy resyncs and an endpoint change (a second backend in each family, then back),
-//!   with each agent's rules present once;
+//!   counters, in iptables and ip6tables, grow by one per TCP connection and per UDP exchange)
+//!   and the NodePorts still by kube-proxy; Local keeps the client's address on both; this holds
+//!   through 5 forced full kube-proxy resyncs and an endpoint change (a second backend in each
+//!   family, then back), with each agent's rules present once;
+//! - UDP: every exchange (datagram and reply) comes from a client source port never used before
+//!   in the test ([`udp_whoami_from`]), so it makes a new conntrack entry and meets the nat rules
+//!   of that moment (an entry made before the agents started would keep kube-proxy's DNAT for
+//!   ~30 s); an exchange sends at most 3 datagrams from its port, 250 ms each, and every exchange
+//!   must be answered (no loss is tolerated: the paths are local veths);
 //! - kube-proxy's lines (every `iptables-save` and `ip6tables-save` rule and chain not mentioning
 //!   Portway, counters ignored; see [`rules::kube_proxy_lines`] for the order) are identical
 //!   before, during and after the agents, and kube-proxy never finds its canary chain flushed;
-//! - after SIGTERM no Portway line is left in either family and all eight paths are served (by
-//!   kube-proxy).
+//! - after SIGTERM no Portway line is left in either family and all sixteen paths are served
+//!   (by kube-proxy).
 //!
 //! Needs `KUBEBUILDER_ASSETS` with a `kube-proxy` next to `kube-apiserver`, root, `ip`, the
 //! iptables tools, and the agent binary (`cargo build -p portway-node-agent`); otherwise one
@@ -38,9 +46,10 @@ mod plumbing;
 mod rules;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -48,8 +57,8 @@ use kube::api::Api;
 use portway_e2e::envtest::{ASSETS_ENV, Assets};
 use portway_e2e::{TestEnv, report};
 use support::{
-    AgentOpts, AgentProc, NodeForwarding, TcpServer, Topology, addr, agent_bin, eventually, ip,
-    spec_dir, tcp_whoami,
+    AgentOpts, AgentProc, NodeForwarding, TcpServer, Topology, UdpServer, addr, agent_bin,
+    eventually, ip, spec_dir, tcp_whoami,
 };
 
 use plumbing::{KubeProxy, Relay};
@@ -67,8 +76,15 @@ const LOCAL_CLUSTER_IP: &str = "10.43.0.81";
 const LOCAL_CLUSTER_IP6: &str = "fd00:10:43::81";
 const LOCAL_PORT: u16 = 81;
 const LOCAL_NODE_PORT: u16 = 30081;
-/// Where the backends listen.
+/// The UDP ports (port = the agent's host port) and nodePorts of the Cluster and Local Services.
+const UDP_PORT: u16 = 53;
+const UDP_NODE_PORT: u16 = 30053;
+const LOCAL_UDP_PORT: u16 = 54;
+const LOCAL_UDP_NODE_PORT: u16 = 30054;
+/// Where the backends listen (TCP).
 const TARGET_PORT: u16 = 8080;
+/// Where the backends listen (UDP).
+const UDP_TARGET_PORT: u16 = 5353;
 /// The second backend addresses (added to the backend netns for the endpoint change).
 const BACKEND4_B: &str = "10.71.2.3";
 const BACKEND6_B: &str = "fd71:2::3";
@@ -82,8 +98,13 @@ const SYNC_PERIOD: Duration = Duration::from_secs(1);
 const RESYNCS: usize = 5;
 const T: Duration = Duration::from_secs(20);
 const SHORT: Duration = Duration::from_millis(800);
-/// New connections per path per check, every one of which must be served.
+/// New connections (TCP) or exchanges (UDP, each from a new source port) per path per check,
+/// every one of which must be served.
 const CONNECTIONS: usize = 5;
+/// Datagrams one UDP exchange may send (same source port) before it counts as unanswered.
+const UDP_TRIES: u32 = 3;
+/// How long one UDP datagram waits for its reply.
+const UDP_WAIT: Duration = Duration::from_millis(250);
 
 #[tokio::test]
 async fn kube_proxy_iptables_nft_and_host_mode_agent_coexist() {
@@ -160,8 +181,10 @@ async fn coexist(test: &'static str, forced: &'static str) {
         "b0",
         "nodad",
     ]);
-    let _servers = [addr::BACKEND4, BACKEND4_B, addr::BACKEND6, BACKEND6_B]
-        .map(|b| TcpServer::start(&topo.backend.name, sa(b, TARGET_PORT)));
+    let backends = [addr::BACKEND4, BACKEND4_B, addr::BACKEND6, BACKEND6_B];
+    let _servers = backends.map(|b| TcpServer::start(&topo.backend.name, sa(b, TARGET_PORT)));
+    let _udp_servers =
+        backends.map(|b| UdpServer::start(&topo.backend.name, sa(b, UDP_TARGET_PORT)));
     let relay = Relay::start(&topo.node.name, api_addr(env.url()));
     let dir = env.dir().expect("env dir");
     let kubeconfig = dir.join("kube-proxy.kubeconfig");
@@ -189,9 +212,10 @@ async fn coexist(test: &'static str, forced: &'static str) {
         variant,
         kube_proxy: &kube_proxy,
         via_portway: [0, 0],
+        udp_via_portway: [0, 0],
     };
 
-    // (a) kube-proxy alone serves all eight paths.
+    // (a) kube-proxy alone serves all sixteen paths.
     for (node_addr, client_addr) in [(addr::NODE4, addr::CLIENT4), (addr::NODE6, addr::CLIENT6)] {
         let first = sa(node_addr, NODE_PORT);
         eventually(T, || {
@@ -203,17 +227,32 @@ async fn coexist(test: &'static str, forced: &'static str) {
                 kube_proxy.tail()
             )
         });
+        let first_udp = sa(node_addr, UDP_NODE_PORT);
+        eventually(T, || {
+            udp_whoami_from(paths.client, ip(client_addr), first_udp)
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "UDP NodePort {first_udp} via kube-proxy: {e}\n{}",
+                kube_proxy.tail()
+            )
+        });
     }
     paths.check("before the agents", false);
     let before = rules::settled_lines(node, variant);
     let syncs_before = kube_proxy.syncs();
 
     // (b) The agents start beside it.
-    let spec = cluster::agent_spec("Cluster", PORT, NODE_PORT, [CLUSTER_IP, CLUSTER_IP6]);
+    let spec = cluster::agent_spec(
+        "Cluster",
+        (PORT, NODE_PORT),
+        (UDP_PORT, UDP_NODE_PORT),
+        [CLUSTER_IP, CLUSTER_IP6],
+    );
     let local_spec = cluster::agent_spec(
         "Local",
-        LOCAL_PORT,
-        LOCAL_NODE_PORT,
+        (LOCAL_PORT, LOCAL_NODE_PORT),
+        (LOCAL_UDP_PORT, LOCAL_UDP_NODE_PORT),
         [LOCAL_CLUSTER_IP, LOCAL_CLUSTER_IP6],
     );
     let mut agent = start_agent(&topo, variant, SERVICE, &spec, &slices.one_backend);
@@ -315,6 +354,7 @@ async fn coexist(test: &'static str, forced: &'static str) {
     );
     paths.check("after the agents", false);
     let [via4, via6] = paths.via_portway;
+    let [udp4, udp6] = paths.udp_via_portway;
     let total_syncs = kube_proxy.syncs();
     drop((agent, local_agent, kube_proxy, relay));
 
@@ -322,10 +362,12 @@ async fn coexist(test: &'static str, forced: &'static str) {
     report::line(&format!(
         "kube-proxy coexistence: kube-proxy {version} (iptables-{variant}, dual-stack), {syncs} \
          syncs while the agents ran ({full_syncs} full, {total_syncs} in all); eTP Cluster and \
-         Local host ports and NodePorts all served over IPv4 and IPv6 before/during/after ({via4} \
-         IPv4 + {via6} IPv6 connections through Portway's DNAT while it ran; Local kept the \
-         client address in both families), 0 kube-proxy lines changed ({} iptables + {compared6} \
-         ip6tables compared), 0 PORTWAY lines left in either family; {:.1}s",
+         Local host ports and NodePorts, TCP and UDP, all served over IPv4 and IPv6 \
+         before/during/after ({via4} IPv4 + {via6} IPv6 TCP connections and {udp4} IPv4 + \
+         {udp6} IPv6 UDP exchanges, each from a new source port, through Portway's DNAT while it \
+         ran; Local kept the client address in both families), 0 kube-proxy lines changed ({} \
+         iptables + {compared6} ip6tables compared), 0 PORTWAY lines left in either family; \
+         {:.1}s",
         before.len() - compared6,
         started.elapsed().as_secs_f64()
     ));
@@ -425,59 +467,112 @@ fn converged(node: &str, variant: &str, want: &BTreeMap<String, usize>, agent: &
     assert_eq!(support::duplicates(&installed), 0, "{installed:#?}");
 }
 
-/// The eight paths from the client to the node's addresses: both Services' NodePorts and host
-/// ports, over IPv4 and over IPv6.
+/// The sixteen paths from the client to the node's addresses: both Services' NodePorts and host
+/// ports, TCP and UDP, over IPv4 and over IPv6.
 struct Paths<'a> {
     client: &'a str,
     node: &'a str,
     variant: &'a str,
     kube_proxy: &'a KubeProxy,
-    /// Connections Portway's DNAT rules counted during the checks, IPv4 and IPv6.
+    /// TCP connections Portway's DNAT rules counted during the checks, IPv4 and IPv6.
     via_portway: [u64; 2],
+    /// UDP exchanges Portway's DNAT rules counted during the checks, IPv4 and IPv6.
+    udp_via_portway: [u64; 2],
 }
 
 impl Paths<'_> {
-    /// [`CONNECTIONS`] new connections on each path, every one answered by a backend that saw
-    /// the node (Cluster masquerades) or the client itself (Local). With `agents`, the host ports
-    /// must be served through Portway's DNAT rules of that family, whose packet counters must
-    /// grow by one per connection (else kube-proxy's rule for the published address serves them).
+    /// [`CONNECTIONS`] new connections (TCP) or exchanges (UDP, each from a new source port) on
+    /// each path, every one answered by a backend that saw the node (Cluster masquerades) or the
+    /// client itself (Local). With `agents`, the host ports must be served through Portway's DNAT
+    /// rules of that family, whose packet counters must grow by one per connection or exchange
+    /// (the nat table sees only a conntrack entry's first packet; else kube-proxy's rule for the
+    /// published address serves them).
     fn check(&mut self, what: &str, agents: bool) {
         let families = [
             (false, addr::NODE4, addr::CLIENT4, addr::NODE4_INNER),
             (true, addr::NODE6, addr::CLIENT6, addr::NODE6_INNER),
         ];
         for (v6, node_addr, client, node_inner) in families {
-            for (node_port, host_port, source) in [
-                (NODE_PORT, PORT, node_inner),
-                (LOCAL_NODE_PORT, LOCAL_PORT, client),
+            for (udp, node_port, host_port, source) in [
+                (false, NODE_PORT, PORT, node_inner),
+                (false, LOCAL_NODE_PORT, LOCAL_PORT, client),
+                (true, UDP_NODE_PORT, UDP_PORT, node_inner),
+                (true, LOCAL_UDP_NODE_PORT, LOCAL_UDP_PORT, client),
             ] {
-                self.served(client, sa(node_addr, node_port), source, what);
+                self.served(udp, client, sa(node_addr, node_port), source, what);
                 let counted = rules::portway_dnat_packets(self.node, self.variant, v6);
                 let dst = sa(node_addr, host_port);
-                self.served(client, dst, source, what);
+                self.served(udp, client, dst, source, what);
                 if agents {
                     let now = rules::portway_dnat_packets(self.node, self.variant, v6);
                     let grown = now - counted;
+                    let proto = if udp { "UDP exchanges" } else { "connections" };
                     assert!(
                         grown >= CONNECTIONS as u64,
-                        "{what}: only {grown} of {CONNECTIONS} connections to {dst} went through \
+                        "{what}: only {grown} of {CONNECTIONS} {proto} to {dst} went through \
                          Portway's DNAT"
                     );
-                    self.via_portway[usize::from(v6)] += grown;
+                    let via = if udp {
+                        &mut self.udp_via_portway
+                    } else {
+                        &mut self.via_portway
+                    };
+                    via[usize::from(v6)] += grown;
                 }
             }
         }
     }
 
-    fn served(&self, client: &str, dst: SocketAddr, source: &str, what: &str) {
+    fn served(&self, udp: bool, client: &str, dst: SocketAddr, source: &str, what: &str) {
         for n in 0..CONNECTIONS {
-            let seen = tcp_whoami(self.client, Some(ip(client)), dst, SHORT).unwrap_or_else(|e| {
+            let seen = if udp {
+                udp_whoami_from(self.client, ip(client), dst)
+            } else {
+                tcp_whoami(self.client, Some(ip(client)), dst, SHORT)
+            };
+            let seen = seen.unwrap_or_else(|e| {
                 panic!(
-                    "{what}: connection {n} to {dst}: {e}\n{}",
+                    "{what}: {} {n} to {dst}: {e}\n{}",
+                    if udp { "UDP exchange" } else { "connection" },
                     self.kube_proxy.tail()
                 )
             });
             assert_eq!(seen, source, "{what}: the address {dst}'s backend saw");
         }
     }
+}
+
+/// The next client source port for a UDP exchange: never used before by this test binary (both
+/// variants share the counter), so each exchange makes its own conntrack entry.
+fn fresh_udp_port() -> u16 {
+    /// 20000..40000: below the ephemeral range; ~400 exchanges per variant.
+    static NEXT: AtomicU16 = AtomicU16::new(20_000);
+    let port = NEXT.fetch_add(1, Ordering::SeqCst);
+    assert!(port < 40_000, "out of fresh UDP source ports");
+    port
+}
+
+/// One UDP exchange from netns `ns`, from `src` and a fresh source port ([`fresh_udp_port`]):
+/// up to [`UDP_TRIES`] datagrams from that port, [`UDP_WAIT`] each; the address the backend saw.
+fn udp_whoami_from(ns: &str, src: IpAddr, dst: SocketAddr) -> Result<String, String> {
+    let from = SocketAddr::new(src, fresh_udp_port());
+    support::in_netns(ns, move || {
+        let sock = UdpSocket::bind(from).map_err(|e| format!("bind {from}: {e}"))?;
+        sock.set_read_timeout(Some(UDP_WAIT))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 256];
+        let mut last = String::from("no reply");
+        for _ in 0..UDP_TRIES {
+            sock.send_to(b"who", dst)
+                .map_err(|e| format!("udp {from} -> {dst}: {e}"))?;
+            match sock.recv_from(&mut buf) {
+                Ok((n, peer)) if peer == dst => {
+                    return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+                Ok((_, peer)) => last = format!("reply from {peer}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!("udp {from} -> {dst}: {last}"))
+    })
 }

@@ -10,7 +10,8 @@ use serde_json::json;
 use super::support::{self, AgentProc, addr};
 use super::{
     BACKEND4_B, BACKEND6_B, CLUSTER_IP, CLUSTER_IP6, LOCAL_CLUSTER_IP, LOCAL_CLUSTER_IP6,
-    LOCAL_NODE_PORT, LOCAL_PORT, LOCAL_SERVICE, NODE, NODE_PORT, PORT, SERVICE, TARGET_PORT,
+    LOCAL_NODE_PORT, LOCAL_PORT, LOCAL_SERVICE, LOCAL_UDP_NODE_PORT, LOCAL_UDP_PORT, NODE,
+    NODE_PORT, PORT, SERVICE, TARGET_PORT, UDP_NODE_PORT, UDP_PORT, UDP_TARGET_PORT,
 };
 
 /// The EndpointSlices the test switches between, each an IPv4 and an IPv6 slice.
@@ -44,16 +45,21 @@ pub(super) async fn create(client: &Client, ns: &str) -> Slices {
         .await
         .expect("node podCIDR");
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    for (name, cluster_ips, port, node_port) in [
-        (SERVICE, [CLUSTER_IP, CLUSTER_IP6], PORT, NODE_PORT),
+    for (name, cluster_ips, tcp, udp) in [
+        (
+            SERVICE,
+            [CLUSTER_IP, CLUSTER_IP6],
+            (PORT, NODE_PORT),
+            (UDP_PORT, UDP_NODE_PORT),
+        ),
         (
             LOCAL_SERVICE,
             [LOCAL_CLUSTER_IP, LOCAL_CLUSTER_IP6],
-            LOCAL_PORT,
-            LOCAL_NODE_PORT,
+            (LOCAL_PORT, LOCAL_NODE_PORT),
+            (LOCAL_UDP_PORT, LOCAL_UDP_NODE_PORT),
         ),
     ] {
-        let svc = service(ns, name, cluster_ips, port, node_port);
+        let svc = service(ns, name, cluster_ips, tcp, udp);
         services
             .create(&PostParams::default(), &svc)
             .await
@@ -97,9 +103,15 @@ pub(super) async fn relabel_node(client: &Client, value: &str) {
 }
 
 /// A dual-stack LoadBalancer Service (`RequireDualStack`, IPv4 first, both cluster IPs fixed)
-/// with one port `http` -> [`TARGET_PORT`] and a fixed nodePort; eTP Local for
-/// [`LOCAL_SERVICE`], else Cluster.
-fn service(ns: &str, name: &str, cluster_ips: [&str; 2], port: u16, node_port: u16) -> Service {
+/// with a TCP port `http` -> [`TARGET_PORT`] and a UDP port `dns` -> [`UDP_TARGET_PORT`], each
+/// `(port, nodePort)` fixed; eTP Local for [`LOCAL_SERVICE`], else Cluster.
+fn service(
+    ns: &str,
+    name: &str,
+    cluster_ips: [&str; 2],
+    (port, node_port): (u16, u16),
+    (udp_port, udp_node_port): (u16, u16),
+) -> Service {
     let policy = if name == LOCAL_SERVICE {
         "Local"
     } else {
@@ -115,7 +127,9 @@ fn service(ns: &str, name: &str, cluster_ips: [&str; 2], port: u16, node_port: u
             "ipFamilyPolicy": "RequireDualStack",
             "externalTrafficPolicy": policy,
             "ports": [{"name": "http", "protocol": "TCP", "port": port,
-                       "targetPort": TARGET_PORT, "nodePort": node_port}]
+                       "targetPort": TARGET_PORT, "nodePort": node_port},
+                      {"name": "dns", "protocol": "UDP", "port": udp_port,
+                       "targetPort": UDP_TARGET_PORT, "nodePort": udp_node_port}]
         }
     }))
     .expect("service object")
@@ -144,7 +158,10 @@ fn slice_of(ns: &str, service: &str, family: &str, backends: &[&str]) -> Endpoin
         service,
         &format!("{service}-{}", if family == "IPv6" { "v6" } else { "v4" }),
         family,
-        &[("http", "TCP", i32::from(TARGET_PORT))],
+        &[
+            ("http", "TCP", i32::from(TARGET_PORT)),
+            ("dns", "UDP", i32::from(UDP_TARGET_PORT)),
+        ],
         &endpoints,
     )
 }
@@ -162,11 +179,12 @@ pub(super) async fn replace_slices(api: &Api<EndpointSlice>, slices: &[EndpointS
     }
 }
 
-/// The agent's local spec file for one dual-stack Service in `Host` mode.
+/// The agent's local spec file for one dual-stack Service in `Host` mode: the TCP port `http`
+/// and the UDP port `dns`, each `(port = hostPort, nodePort)`.
 pub(super) fn agent_spec(
     policy: &str,
-    port: u16,
-    node_port: u16,
+    (port, node_port): (u16, u16),
+    (udp_port, udp_node_port): (u16, u16),
     cluster_ips: [&str; 2],
 ) -> String {
     format!(
@@ -175,6 +193,7 @@ dataplane: Host
 externalTrafficPolicy: {policy}
 ports:
 - {{name: http, protocol: TCP, port: {port}, hostPort: {port}, nodePort: {node_port}}}
+- {{name: dns, protocol: UDP, port: {udp_port}, hostPort: {udp_port}, nodePort: {udp_node_port}}}
 clusterIPs: ['{}', '{}']
 ipFamilies: [IPv4, IPv6]
 ",
