@@ -195,7 +195,7 @@ pub fn plan_for_nodes(nodes: &[Node], cidrs: &[ClusterCIDR]) -> Result<CidrPlan,
         });
     }
     // Then the others, in name order; the output interleaves both in name order.
-    let mut adopted = adopted.into_iter().peekable();
+    let mut adopted = adopted.into_iter();
     let mut out: Vec<NodeCidrs> = Vec::with_capacity(order.len());
     let no_labels = BTreeMap::new();
     let mut waiting: BTreeMap<String, Vec<&str>> = BTreeMap::new();

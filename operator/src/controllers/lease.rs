@@ -118,7 +118,7 @@ pub enum Decision {
 impl Observer {
     /// Notes `record` as read at monotonic time `now`: a record that differs from the last one
     /// restarts the expiry count.
-    pub fn observe(&mut self, record: &LeaseSpec, now: Duration) {
+    fn observe(&mut self, record: &LeaseSpec, now: Duration) {
         if self.record.as_ref() != Some(record) {
             self.record = Some(record.clone());
             self.since = now;
@@ -193,10 +193,7 @@ pub async fn try_acquire(
             spec: Some(ours(now, 0)),
         };
         return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => {
-                observer.observe(&ours(now, 0), (s.monotonic)());
-                Ok(Attempt::Held)
-            }
+            Ok(_) => Ok(Attempt::Held),
             Err(e) if conflict(&e) => Ok(Attempt::HeldBy("(created concurrently)".to_owned())),
             Err(e) => Err(err(e)),
         };
@@ -218,13 +215,9 @@ pub async fn try_acquire(
         Decision::Take => (now, spec.lease_transitions.unwrap_or(0).saturating_add(1)),
     };
     let mut next = current.clone();
-    let written = ours(acquired, transitions);
-    next.spec = Some(written.clone());
+    next.spec = Some(ours(acquired, transitions));
     match api.replace(&s.name, &PostParams::default(), &next).await {
-        Ok(_) => {
-            observer.observe(&written, (s.monotonic)());
-            Ok(Attempt::Held)
-        }
+        Ok(_) => Ok(Attempt::Held),
         Err(e) if conflict(&e) => Ok(Attempt::HeldBy(holder)),
         Err(e) => Err(err(e)),
     }

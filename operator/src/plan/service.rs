@@ -476,7 +476,7 @@ fn plan_placed(
                 ),
                 (
                     n::LABEL_AGENT_DAEMONSET.to_owned(),
-                    super::names::daemonset_name(&a.key),
+                    a.daemonset_name.clone(),
                 ),
             ])),
             owner_references: owner,
