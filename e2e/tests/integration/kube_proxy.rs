@@ -421,7 +421,7 @@ fn wait_programmed(kube_proxy: &mut KubeProxy, node: &str) -> &'static str {
         ),
     ] {
         eventually(T, || {
-            let nat = rules::save(node, variant, v6, &["-t", "nat"]);
+            let nat = support::save_text_with(node, variant, v6, &["-t", "nat"]);
             let services = || nat.lines().filter(|l| l.starts_with("-A KUBE-SERVICES"));
             if !services().any(|l| l.contains(&cluster_ip)) {
                 return Err(format!("no rule for the cluster IP ({cluster_ip}) yet"));

@@ -844,6 +844,11 @@ pub fn spec_dir(spec: &str, endpoints: Option<&str>) -> tempfile::TempDir {
 
 /// `iptables-save` (or `ip6tables-save`) of a netns.
 pub fn save_text(ns: &str, mode: &str, v6: bool) -> String {
+    save_text_with(ns, mode, v6, &[])
+}
+
+/// [`save_text`] with extra arguments (e.g. `-c`, `-t nat`).
+pub fn save_text_with(ns: &str, mode: &str, v6: bool, args: &[&str]) -> String {
     let tool = if v6 {
         format!("ip6tables-{mode}-save")
     } else {
@@ -851,8 +856,9 @@ pub fn save_text(ns: &str, mode: &str, v6: bool) -> String {
     };
     let out = Command::new("ip")
         .args(["netns", "exec", ns, &tool])
+        .args(args)
         .output()
-        .expect("save");
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

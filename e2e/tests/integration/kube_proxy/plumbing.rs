@@ -1,7 +1,6 @@
 //! kube-proxy as a child process in the node netns, its `iptables` tools, and the relay that
 //! lets it reach the API server on the root netns' loopback.
 
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,34 +93,31 @@ impl KubeProxy {
         }
     }
 
+    /// kube-proxy's log so far (empty while it cannot be read).
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Every started sync has completed.
     pub(super) fn idle(&self) -> bool {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let log = self.log_text();
         log.matches("Syncing iptables rules").count()
             == log.matches("SyncProxyRules complete").count()
     }
 
     /// Started full syncs (`fullSync=true`).
     pub(super) fn full_syncs(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .matches("fullSync=true")
-            .count()
+        self.log_text().matches("fullSync=true").count()
     }
 
     /// Completed rule syncs so far (`SyncProxyRules complete`, one per family and sync).
     pub(super) fn syncs(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .matches("SyncProxyRules complete")
-            .count()
+        self.log_text().matches("SyncProxyRules complete").count()
     }
 
     /// Whether kube-proxy found its canary chain gone (someone flushed its tables).
     pub(super) fn saw_flush(&self) -> bool {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .contains("canary deleted")
+        self.log_text().contains("canary deleted")
     }
 
     pub(super) fn tail(&self) -> String {
@@ -193,17 +189,7 @@ fn pipe(from: &TcpStream, to: &TcpStream) {
         return;
     };
     std::thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        let _ = std::io::copy(&mut from, &mut to);
         let _ = to.shutdown(std::net::Shutdown::Write);
     });
 }

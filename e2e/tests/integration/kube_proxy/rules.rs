@@ -2,25 +2,10 @@
 //! packet counters of Portway's DNAT rules.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use super::TARGET_PORT;
 use super::support;
-
-/// `iptables[-variant]-save args` (or ip6tables) in netns `ns`.
-pub(super) fn save(ns: &str, variant: &str, v6: bool, args: &[&str]) -> String {
-    let tool = format!(
-        "{}-{variant}-save",
-        if v6 { "ip6tables" } else { "iptables" }
-    );
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, &tool])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The iptables variant whose nat table holds kube-proxy's rule for `cluster_ip`.
 pub(super) fn programmed_variant(ns: &str, cluster_ip: &str) -> Result<&'static str, String> {
@@ -28,7 +13,7 @@ pub(super) fn programmed_variant(ns: &str, cluster_ip: &str) -> Result<&'static 
     let found: Vec<&'static str> = support::backends()
         .into_iter()
         .filter(|v| {
-            save(ns, v, false, &["-t", "nat"])
+            support::save_text_with(ns, v, false, &["-t", "nat"])
                 .lines()
                 .any(|l| l.starts_with("-A KUBE-SERVICES") && l.contains(&needle))
         })
@@ -52,7 +37,7 @@ pub(super) fn kube_proxy_has_endpoint(
     } else {
         format!("--to-destination {address}:{TARGET_PORT}")
     };
-    save(ns, variant, v6, &["-t", "nat"])
+    support::save_text_with(ns, variant, v6, &["-t", "nat"])
         .lines()
         .any(|l| l.starts_with("-A KUBE-SEP-") && l.contains(&needle))
         .then_some(())
@@ -69,7 +54,7 @@ pub(super) fn kube_proxy_lines(ns: &str, variant: &str) -> Vec<String> {
     let mut chains: BTreeMap<(String, String), (String, Vec<String>)> = BTreeMap::new();
     for (family, v6) in [("v4", false), ("v6", true)] {
         let mut table = String::new();
-        for line in save(ns, variant, v6, &[]).lines() {
+        for line in support::save_text_with(ns, variant, v6, &[]).lines() {
             if line.starts_with('#') || line.to_lowercase().contains("portway") {
                 continue;
             }
@@ -143,7 +128,7 @@ pub(super) fn assert_same(before: &[String], now: &[String], what: &str) {
 
 /// Packets counted by Portway's DNAT rules (nat table, ip6tables with `v6`).
 pub(super) fn portway_dnat_packets(ns: &str, variant: &str, v6: bool) -> u64 {
-    save(ns, variant, v6, &["-c", "-t", "nat"])
+    support::save_text_with(ns, variant, v6, &["-c", "-t", "nat"])
         .lines()
         .filter(|l| l.contains("-A PORTWAY") && l.contains("-j DNAT"))
         .filter_map(|l| {
