@@ -729,7 +729,14 @@ fn daemonset_follows_contract() {
     let pod = &v["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
-    assert!(pod.get("affinity").is_none(), "empty selector: every node");
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"],
+        json!([{"matchExpressions": [{
+            "key": "node.kubernetes.io/exclude-from-external-load-balancers",
+            "operator": "DoesNotExist"
+        }]}]),
+        "empty selector: every node but those excluded from external load balancers"
+    );
     assert_eq!(
         pod["containers"][0]["args"],
         json!(["run", "--namespace", "shop", "--service", "web"])
@@ -962,6 +969,86 @@ fn not_ready_and_excluded_nodes_are_not_published() {
     assert_eq!(ips(p), ["192.168.0.2"]);
     let all = d.pools.iter().find(|p| p.name == "all").expect("pool");
     assert_eq!(all.status.nodes, 2, "the excluded node is not in the pool");
+}
+
+/// Whether a Node with `labels` and `name` satisfies a DaemonSet's required node affinity, as
+/// the scheduler evaluates it (terms ORed, requirements ANDed; the operators the planner emits).
+fn affinity_admits(ds: &serde_json::Value, name: &str, labels: &BTreeMap<String, String>) -> bool {
+    let terms = &ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    let Some(terms) = terms.as_array() else {
+        return true;
+    };
+    let holds = |req: &serde_json::Value, value: Option<&str>| {
+        let values: Vec<&str> = req["values"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        match req["operator"].as_str().expect("operator") {
+            "In" => value.is_some_and(|v| values.contains(&v)),
+            "NotIn" => !value.is_some_and(|v| values.contains(&v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => panic!("operator {other} not handled by this test"),
+        }
+    };
+    terms.iter().any(|term| {
+        let exprs = term["matchExpressions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let fields = term["matchFields"].as_array().cloned().unwrap_or_default();
+        exprs.iter().all(|r| {
+            holds(
+                r,
+                labels
+                    .get(r["key"].as_str().expect("key"))
+                    .map(String::as_str),
+            )
+        }) && fields.iter().all(|r| {
+            assert_eq!(r["key"], "metadata.name");
+            holds(r, Some(name))
+        })
+    })
+}
+
+#[test]
+fn excluded_nodes_run_no_agent_pod() {
+    for selector in [&[][..], &[("role", "worker")][..]] {
+        let mut nodes = workers();
+        nodes[2].metadata.labels.as_mut().expect("labels").insert(
+            "node.kubernetes.io/exclude-from-external-load-balancers".into(),
+            "true".into(),
+        );
+        let labels: Vec<(String, BTreeMap<String, String>)> = nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.metadata.name.clone().expect("name"),
+                    n.metadata.labels.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let d = converge(
+            vec![service("ns", "web", &["TCP/80"], 1)],
+            nodes,
+            vec![pool("all", selector, 0)],
+            vec![],
+            &[],
+        );
+        let ds = find(&d, "ns/web").daemonset.as_ref().expect("DaemonSet");
+        let v = serde_json::to_value(ds).expect("json");
+        let targets: Vec<&str> = labels
+            .iter()
+            .filter(|(name, l)| affinity_admits(&v, name, l))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(
+            targets,
+            ["w1", "w2"],
+            "selector {selector:?}: the DaemonSet must not target the excluded w3"
+        );
+    }
 }
 
 /// (status, reason) of the Service's own `portway.dev/LoadBalancer` condition.
@@ -1619,6 +1706,9 @@ fn plan_args(output: portway_operator::cli::plan::Format) -> portway_operator::c
             agent_service_account: "portway-agent".into(),
             agent_status_cluster_role: "portway-agent-status".into(),
             agent_forwarding_sysctls: false,
+            reserved_host_ports: portway_operator::plan::reserved::ReservedPorts(
+                portway_operator::plan::reserved::defaults(),
+            ),
         },
     }
 }

@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use portway_crds::selector::LabelSelectorOperator;
 use portway_crds::{DataplaneMode, IpFamily, LoadBalancerPool};
 
+use super::assign::EXCLUDE_LABEL;
 use super::names;
 use super::validate::ServiceShape;
 use super::{Config, Key};
@@ -41,9 +42,10 @@ pub fn default_tolerations() -> Vec<Toleration> {
     ]
 }
 
-/// A node affinity term from the pool's label selector, minus `excluded` Nodes. `None` when it
-/// would select every Node.
-pub fn node_affinity(pool: &LoadBalancerPool, excluded: &[String]) -> Option<Affinity> {
+/// A node affinity term from the pool's label selector, minus Nodes labelled [`EXCLUDE_LABEL`]
+/// (never pool members, so their agent pod would hold the host port on a node that must not
+/// serve) and minus `excluded` Nodes.
+pub fn node_affinity(pool: &LoadBalancerPool, excluded: &[String]) -> Affinity {
     let sel = &pool.spec.node_selector;
     let mut exprs: Vec<NodeSelectorRequirement> = sel
         .match_labels
@@ -67,6 +69,11 @@ pub fn node_affinity(pool: &LoadBalancerPool, excluded: &[String]) -> Option<Aff
             values: (!r.values.is_empty()).then(|| r.values.clone()),
         }
     }));
+    exprs.push(NodeSelectorRequirement {
+        key: EXCLUDE_LABEL.to_owned(),
+        operator: "DoesNotExist".to_owned(),
+        values: None,
+    });
     let fields = if excluded.is_empty() {
         Vec::new()
     } else {
@@ -76,21 +83,18 @@ pub fn node_affinity(pool: &LoadBalancerPool, excluded: &[String]) -> Option<Aff
             values: Some(excluded.to_vec()),
         }]
     };
-    if exprs.is_empty() && fields.is_empty() {
-        return None;
-    }
-    Some(Affinity {
+    Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
                 node_selector_terms: vec![NodeSelectorTerm {
-                    match_expressions: (!exprs.is_empty()).then_some(exprs),
+                    match_expressions: Some(exprs),
                     match_fields: (!fields.is_empty()).then_some(fields),
                 }],
             }),
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }
 }
 
 fn env_field(name: &str, path: &str) -> EnvVar {
@@ -268,7 +272,7 @@ pub fn build(
     };
     let pod = PodSpec {
         containers: vec![container],
-        affinity: node_affinity(pool, &excluded_sorted),
+        affinity: Some(node_affinity(pool, &excluded_sorted)),
         tolerations: Some(
             pool.spec
                 .tolerations
