@@ -1,9 +1,15 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process runs),
-//! `/readyz` (it leads and its controllers have started).
+//! `/readyz` (the replica passed its start-up checks and either leads or stands by).
+//!
+//! A standby is ready: readiness says "this pod can do its job", and a standby's job is to be
+//! there when the leader goes. Were only the leader ready, a rolling update could never finish:
+//! the new pod waits for the Lease that the old pod only releases once the new one is ready
+//! (client-go and controller-runtime operators behave the same way). Who leads is the
+//! `portway_operator_leader` gauge and the Lease itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,18 +18,66 @@ use axum::routing::get;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
+/// Where a replica is in its life, as `/readyz` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Start-up checks (RBAC) not passed yet: not ready.
+    Starting = 0,
+    /// Waiting for the leader Lease: ready, so that a rollout can move on.
+    Standby = 1,
+    /// Holds the Lease (or runs without leader election): ready.
+    Leading = 2,
+    /// Shutting down: not ready.
+    Stopping = 3,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::Standby,
+            2 => Phase::Leading,
+            3 => Phase::Stopping,
+            _ => Phase::Starting,
+        }
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(self) -> bool {
+        matches!(self, Phase::Standby | Phase::Leading)
+    }
+
+    /// The body of `/readyz`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Phase::Starting => "not ready: starting (RBAC check)",
+            Phase::Standby => "ready: standby, waiting for the leader Lease",
+            Phase::Leading => "ready: leading",
+            Phase::Stopping => "not ready: stopping",
+        }
+    }
+}
+
 /// Readiness shared with the controllers.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Health {
-    ready: Arc<AtomicBool>,
+    phase: Arc<AtomicU8>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            phase: Arc::new(AtomicU8::new(Phase::Starting as u8)),
+        }
+    }
 }
 
 impl Health {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+    pub fn set(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::SeqCst);
     }
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::SeqCst))
     }
 }
 
@@ -44,14 +98,13 @@ pub fn router(registry: Registry, health: Health) -> Router {
         .route(
             "/readyz",
             get(|State(s): State<AppState>| async move {
-                if s.health.is_ready() {
-                    (StatusCode::OK, "ready")
+                let phase = s.health.phase();
+                let code = if phase.is_ready() {
+                    StatusCode::OK
                 } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: waiting for the leader Lease or the caches",
-                    )
-                }
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (code, phase.describe())
             }),
         )
         .with_state(AppState { registry, health })
@@ -68,4 +121,64 @@ pub async fn serve(
     axum::serve(listener, router(registry, health))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    async fn readyz(health: &Health) -> (StatusCode, String) {
+        let response = router(Registry::new(), health.clone())
+            .oneshot(
+                Request::get("/readyz")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A standby must be ready, or a rolling update of the operator Deployment never finishes:
+    /// the new pod would wait for the Lease that the old pod releases only when it is removed,
+    /// which the Deployment does only once the new pod is ready.
+    #[tokio::test]
+    async fn standby_and_leader_are_ready_starting_and_stopping_are_not() {
+        let health = Health::default();
+        let mut seen = Vec::new();
+        for phase in [
+            Phase::Starting,
+            Phase::Standby,
+            Phase::Leading,
+            Phase::Stopping,
+        ] {
+            health.set(phase);
+            let (status, body) = readyz(&health).await;
+            seen.push((phase, status.as_u16(), body));
+        }
+        assert_eq!(
+            seen,
+            [
+                (
+                    Phase::Starting,
+                    503,
+                    "not ready: starting (RBAC check)".to_owned()
+                ),
+                (
+                    Phase::Standby,
+                    200,
+                    "ready: standby, waiting for the leader Lease".to_owned()
+                ),
+                (Phase::Leading, 200, "ready: leading".to_owned()),
+                (Phase::Stopping, 503, "not ready: stopping".to_owned()),
+            ]
+        );
+    }
 }

@@ -29,6 +29,10 @@ pub fn start_operator(
     log: &RequestLog,
 ) -> Operator {
     let mut flags = operator::base_flags(OPERATOR_NS);
+    // A test that names its own metrics address (to read `/readyz`) replaces the ephemeral one.
+    if extra.iter().any(|f| f.starts_with("--metrics-addr")) {
+        flags.retain(|f| !f.starts_with("--metrics-addr"));
+    }
     flags.extend(extra.iter().map(|f| (*f).to_owned()));
     let args = operator::run_args(&flags).expect("portway run flags");
     let dir = env.dir().expect("test dir").to_owned();

@@ -60,6 +60,36 @@ async fn wait_holder(admin: &Client, who: &str) -> Seen {
     .expect("lease holder")
 }
 
+/// A free loopback port for a replica's metrics listener (bound once, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// `GET /readyz` of a replica's metrics listener: status code and body. Retried for up to 10 s
+/// while the listener is not up yet.
+async fn readyz(port: u16) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let what = format!("GET http://127.0.0.1:{port}/readyz");
+    wait::eventually(&what, Duration::from_secs(10), move || async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.ok()?;
+        let code = raw.split_whitespace().nth(1)?.parse().ok()?;
+        let body = raw.split_once("\r\n\r\n")?.1.to_owned();
+        Some((code, body))
+    })
+    .await
+    .expect("readyz")
+}
+
 fn leader(op: &Operator) -> f64 {
     op.metric("portway_operator_leader", &[])
 }
@@ -81,9 +111,18 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
     // 1. op-a wins the Lease; op-b, started afterwards, waits.
     let (log_a, log_b) = (RequestLog::new(), RequestLog::new());
     let flags = ["--clustercidr-enabled=false"];
-    let op_a = start_operator(&env, "op-a", Identity::Admin, &flags, &log_a);
+    let (port_a, port_b) = (free_port(), free_port());
+    let flags_of = |port: u16| {
+        let mut f: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        f.push(format!("--metrics-addr=127.0.0.1:{port}"));
+        f
+    };
+    let (flags_a, flags_b) = (flags_of(port_a), flags_of(port_b));
+    let refs_a: Vec<&str> = flags_a.iter().map(String::as_str).collect();
+    let refs_b: Vec<&str> = flags_b.iter().map(String::as_str).collect();
+    let op_a = start_operator(&env, "op-a", Identity::Admin, &refs_a, &log_a);
     wait_holder(&admin, "op-a").await;
-    let op_b = start_operator(&env, "op-b", Identity::Admin, &flags, &log_b);
+    let op_b = start_operator(&env, "op-b", Identity::Admin, &refs_b, &log_b);
     wait_slb_reason(
         &admin,
         &ns,
@@ -128,6 +167,16 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
         describe(&writes_b)
     );
     assert_eq!((leader(&op_a), leader(&op_b)), (1.0, 0.0));
+    // Both are ready, the standby too: a rolling update of the Deployment needs the new (standby)
+    // pod ready before it removes the old (leading) one, which then releases the Lease.
+    assert_eq!(readyz(port_a).await, (200, "ready: leading".to_owned()));
+    assert_eq!(
+        readyz(port_b).await,
+        (
+            200,
+            "ready: standby, waiting for the leader Lease".to_owned()
+        )
+    );
     assert_eq!(
         op_b.metric("portway_operator_reconciles_total", &[]),
         0.0,
@@ -193,6 +242,7 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() {
     .await
     .expect("leader");
     reconciled(&op_b, 1.0, ACT).await;
+    assert_eq!(readyz(port_b).await, (200, "ready: leading".to_owned()));
     tokio::time::sleep(Duration::from_secs(3)).await; // the start-up sweep (1 s + 2 s debounce)
     let converged = log_b.writes_since(handover_mark, HOUSEKEEPING);
     assert!(

@@ -170,6 +170,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
 pub async fn run_with(args: Args, process: Process) -> Result<(), RunError> {
     use crate::controllers::{clustercidr, lease, servicelb};
     use crate::permissions;
+    use crate::server::Phase;
 
     let Process {
         client,
@@ -201,6 +202,7 @@ pub async fn run_with(args: Args, process: Process) -> Result<(), RunError> {
         }
         tracing::info!(checked = needed.len(), "RBAC check passed");
     }
+    health.set(Phase::Standby);
 
     let leader = prometheus::IntGauge::new(
         "portway_operator_leader",
@@ -224,7 +226,7 @@ pub async fn run_with(args: Args, process: Process) -> Result<(), RunError> {
         leader.set(1);
         None
     };
-    health.set_ready(true);
+    health.set(Phase::Leading);
 
     let slb = async {
         if args.servicelb_enabled {
@@ -254,7 +256,7 @@ pub async fn run_with(args: Args, process: Process) -> Result<(), RunError> {
     };
     let result = futures::future::try_join(slb, cidr).await;
     shutdown.cancel();
-    health.set_ready(false);
+    health.set(Phase::Stopping);
     leader.set(0);
     if let Some(task) = lease_task
         && let Ok(Err(lost)) = task.await
