@@ -51,6 +51,9 @@ pub mod reasons {
     pub const POOL_NOT_FOUND: &str = "PoolNotFound";
     pub const POOL_HAS_NO_NODES: &str = "PoolHasNoNodes";
     pub const PORT_IN_USE: &str = "PortInUse";
+    /// A port of the Service is reserved on every node (`--reserved-host-ports`: kubelet's API,
+    /// the operator's metrics port on the host network).
+    pub const PORT_RESERVED: &str = "PortReserved";
     pub const NO_CONFLICT: &str = "NoConflict";
     pub const ENDPOINTS_AVAILABLE: &str = "EndpointsAvailable";
     pub const NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";

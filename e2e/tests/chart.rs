@@ -634,6 +634,16 @@ fn bad_values_are_rejected_with_the_path() {
             "/defaultPool/addressTypes",
         ),
         (
+            "reserved port beyond 65535",
+            "serviceLB:\n  reservedHostPorts: [TCP/70000=x]\n",
+            "/serviceLB/reservedHostPorts/0",
+        ),
+        (
+            "reserved port without an owner",
+            "serviceLB:\n  reservedHostPorts: [TCP/8080]\n",
+            "/serviceLB/reservedHostPorts/0",
+        ),
+        (
             "class that is not a qualified name",
             "serviceLB:\n  loadBalancerClass: not a class\n",
             "/serviceLB/loadBalancerClass",
@@ -1085,6 +1095,129 @@ fn host_network_operator_starts_on_nodes_without_pod_cidrs() {
     assert_eq!(
         host["containers"][0]["securityContext"]["capabilities"]["drop"],
         json!(["ALL"])
+    );
+}
+
+/// What the operator would plan for one LoadBalancer Service on `port` with the flags `r`
+/// renders: (PortConflict reason, DaemonSet planned).
+fn quickstart_service_with(r: &Rendered, port: i32) -> (String, bool) {
+    let flags: Vec<String> = r
+        .operator_args()
+        .into_iter()
+        .skip_while(|a| a == "run")
+        .collect();
+    let args = portway_e2e::operator::run_args(&flags).expect("the chart's flags parse");
+    let config = args
+        .servicelb
+        .config(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "w1"},
+               "status": {"addresses": [{"type": "InternalIP", "address": "10.1.0.1"}]}}),
+        json!({"apiVersion": "portway.dev/v1alpha1", "kind": "LoadBalancerPool",
+               "metadata": {"name": "default"}, "spec": {"nodeSelector": {}}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                        "ipFamilies": ["IPv4"],
+                        "ports": [{"protocol": "TCP", "port": port, "targetPort": 80}]}}),
+    ];
+    let observed = portway_operator::plan::Observed {
+        nodes: vec![std::sync::Arc::new(
+            serde_json::from_value(objects[0].clone()).expect("node"),
+        )],
+        pools: vec![std::sync::Arc::new(
+            serde_json::from_value(objects[1].clone()).expect("pool"),
+        )],
+        services: vec![std::sync::Arc::new(
+            serde_json::from_value(objects[2].clone()).expect("service"),
+        )],
+        ..Default::default()
+    };
+    let d = portway_operator::plan::desired_state(&observed, &config);
+    let plan = d.services.first().expect("a plan for default/web");
+    let conflict = portway_crds::condition::find(
+        &plan.conditions,
+        portway_crds::condition::types::PORT_CONFLICT,
+    )
+    .map(|c| c.reason.clone())
+    .unwrap_or_default();
+    (conflict, plan.daemonset.is_some())
+}
+
+/// The README quickstart (`operator.hostNetwork=true`, then `kubectl expose --port=8080`) used to
+/// strand the operator: its metrics port 8080 was a host port, and the Service's agents, at
+/// system-node-critical priority, preempted it for that port. The chart now keeps the metrics
+/// port off the usual application ports, reserves it from Services whenever it is a host port,
+/// and rolls a host-network operator without a surge pod that could not bind it.
+#[test]
+fn host_network_operator_keeps_its_port_and_rolls_out() {
+    let Some(helm) = helm_or_skip("host_network_operator_keeps_its_port_and_rolls_out") else {
+        return;
+    };
+    let reserved = |r: &Rendered| -> Vec<String> {
+        let args = r.operator_args();
+        let flag = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--reserved-host-ports="))
+            .expect("--reserved-host-ports");
+        portway_operator::plan::reserved::parse_list(flag)
+            .expect("the chart's reserved ports parse")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let strategy =
+        |r: &Rendered| r.must("Deployment", "portway-operator")["spec"]["strategy"].clone();
+    let quickstart = ["--set", "operator.hostNetwork=true"];
+
+    let default = helm.render(&[]);
+    assert_eq!(reserved(&default), ["TCP/10250=kubelet"]);
+    assert_eq!(
+        strategy(&default),
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    );
+    let host = helm.render(&quickstart);
+    assert_eq!(
+        reserved(&host),
+        ["TCP/9463=portway-operator-metrics", "TCP/10250=kubelet"]
+    );
+    assert_eq!(
+        strategy(&host),
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}})
+    );
+    // The quickstart's Service on 8080 is served; one on the operator's port is refused clearly.
+    assert_eq!(
+        quickstart_service_with(&host, 8080),
+        ("NoConflict".to_owned(), true)
+    );
+    assert_eq!(
+        quickstart_service_with(&host, 9463),
+        ("PortReserved".to_owned(), false)
+    );
+    let moved = helm.render(&["--set", "operator.hostNetwork=true,metrics.port=8080"]);
+    assert_eq!(
+        quickstart_service_with(&moved, 8080),
+        ("PortReserved".to_owned(), false)
+    );
+    // Without the host network the metrics port is the pod's own: nothing to reserve.
+    assert_eq!(
+        quickstart_service_with(&default, 9463),
+        ("NoConflict".to_owned(), true)
+    );
+    // A strategy of the user's wins; two replicas prefer different nodes.
+    let own = helm.render(&["--set", "operator.updateStrategy.type=Recreate"]);
+    assert_eq!(strategy(&own), json!({"type": "Recreate"}));
+    let two = helm.render(&["--set", "operator.replicas=2"]);
+    let anti = &two.must("Deployment", "portway-operator")["spec"]["template"]["spec"]["affinity"]
+        ["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(
+        anti["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert!(
+        default.must("Deployment", "portway-operator")["spec"]["template"]["spec"]["affinity"]
+            .is_null()
     );
 }
 

@@ -1051,6 +1051,78 @@ fn excluded_nodes_run_no_agent_pod() {
     }
 }
 
+/// The README quickstart on a cluster whose operator runs on the host network with metrics on
+/// 8080: `kubectl expose --port=8080` made an agent DaemonSet whose system-node-critical pods
+/// preempted the operator for its host port. A reserved port instead gives `PortReserved`, no
+/// DaemonSet, and a Warning Event; the other Services and ports are unaffected.
+#[test]
+fn a_service_on_a_reserved_host_port_gets_port_reserved_and_no_daemonset() {
+    let mut cfg = config();
+    cfg.reserved_host_ports = portway_operator::plan::reserved::parse_list(
+        "TCP/10250=kubelet,TCP/8080=portway-operator-metrics",
+    )
+    .expect("reserved ports");
+    let observed = Observed {
+        services: arcs(vec![
+            service("default", "web", &["TCP/8080"], 10),
+            service("default", "kubelet-clash", &["TCP/443", "TCP/10250"], 11),
+            service("default", "udp", &["UDP/8080"], 12),
+        ]),
+        nodes: arcs(workers()),
+        pools: arcs(vec![pool("all", &[("role", "worker")], 0)]),
+        ..Default::default()
+    };
+    let d = desired_state(&observed, &cfg);
+    for (svc, port, owner) in [
+        ("default/web", "TCP/8080", "portway-operator-metrics"),
+        ("default/kubelet-clash", "TCP/10250", "kubelet"),
+    ] {
+        let p = find(&d, svc);
+        assert!(
+            p.daemonset.is_none(),
+            "{svc}: no DaemonSet for a reserved port"
+        );
+        assert!(ips(p).is_empty(), "{svc}: no ingress");
+        let c = condition::find(&p.conditions, types::PORT_CONFLICT).expect("PortConflict");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::PORT_RESERVED),
+            "{svc}"
+        );
+        assert!(
+            c.message
+                .contains(&format!("{port} is reserved on every node for {owner}")),
+            "{svc}: {}",
+            c.message
+        );
+        assert_eq!(ready_reason(p), reasons::PORT_RESERVED, "{svc}");
+        let (status, reason, message) = service_condition(p).expect("Service condition");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", reasons::PORT_RESERVED)
+        );
+        assert!(message.contains("Change this Service's port"), "{message}");
+        let warnings: Vec<_> = p
+            .events
+            .iter()
+            .filter(|e| e.type_ == plan::EventType::Warning)
+            .map(|e| e.reason.as_str())
+            .collect();
+        assert_eq!(
+            warnings,
+            [reasons::PORT_RESERVED],
+            "{svc}: one Warning Event"
+        );
+    }
+    // Another protocol on the same number is free.
+    let udp = find(&d, "default/udp");
+    assert!(udp.daemonset.is_some(), "UDP/8080 is not reserved");
+    // The defaults reserve kubelet's port, and nothing else.
+    let d = desired_state(&observed, &config());
+    assert!(find(&d, "default/web").daemonset.is_some());
+    assert!(find(&d, "default/kubelet-clash").daemonset.is_none());
+}
+
 /// (status, reason) of the Service's own `portway.dev/LoadBalancer` condition.
 fn service_condition(p: &ServicePlan) -> Option<(String, String, String)> {
     p.service_condition.as_ref().map(|c| {

@@ -65,6 +65,9 @@ fn args() -> ServiceLbArgs {
         agent_service_account: "portway-agent".into(),
         agent_status_cluster_role: "portway-agent-status".into(),
         agent_forwarding_sysctls: false,
+        reserved_host_ports: portway_operator::plan::reserved::ReservedPorts(
+            portway_operator::plan::reserved::defaults(),
+        ),
     }
 }
 

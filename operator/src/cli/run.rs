@@ -27,7 +27,7 @@ pub struct Args {
     pub leader_election: bool,
 
     /// Address of the `/metrics`, `/healthz` and `/readyz` listener.
-    #[arg(long, env = "PORTWAY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "PORTWAY_METRICS_ADDR", default_value = "0.0.0.0:9463")]
     pub metrics_addr: SocketAddr,
 
     /// Skip the start-up RBAC check (SelfSubjectAccessReview of every permission used).

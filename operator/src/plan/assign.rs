@@ -7,7 +7,8 @@
 //! could not start there: a pod needs all its hostPorts). A Service whose eligible Nodes are all
 //! blocked is in `PortConflict` and gets no DaemonSet; a partly blocked one gets a DaemonSet whose
 //! node affinity leaves the blocked Nodes out, so the older Service keeps them even while its own
-//! pods restart.
+//! pods restart. Reserved host ports (`--reserved-host-ports`: kubelet's, the operator's own on
+//! the host network) are held on every Node before any Service claims anything.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -19,7 +20,7 @@ use portway_crds::names as n;
 use portway_crds::{LoadBalancerPool, Protocol};
 
 use super::validate::{self, Responsibility, ServiceShape};
-use super::{Config, Key, Observed, names};
+use super::{Config, Key, Observed, names, reserved};
 
 /// Nodes with this label are never part of a pool (Kubernetes' well-known label, honoured by
 /// the cloud service controller too).
@@ -128,6 +129,8 @@ pub struct PortBlock {
     pub port: i32,
     /// Services holding it on at least one eligible Node.
     pub holders: BTreeSet<Key>,
+    /// What holds it on every Node (`--reserved-host-ports`), when it is reserved.
+    pub reserved_by: Option<String>,
     /// Eligible Nodes where it is held.
     pub nodes_blocked: usize,
 }
@@ -402,6 +405,18 @@ pub fn assign(observed: &Observed, config: &Config) -> Assignment {
         };
         let mut blocked = NodeSet::empty(node_count);
         for (protocol, port) in p.shape.claims() {
+            if let Some(r) = reserved::find(&config.reserved_host_ports, protocol, port) {
+                // Held on every Node by something that is not a Service.
+                p.blocks.push(PortBlock {
+                    protocol,
+                    port,
+                    holders: BTreeSet::new(),
+                    reserved_by: Some(r.owner.clone()),
+                    nodes_blocked: p.eligible.len(),
+                });
+                blocked.union_with(&p.eligible);
+                continue;
+            }
             let Some(holders) = claims.get(&(protocol, port)) else {
                 continue;
             };
@@ -409,6 +424,7 @@ pub fn assign(observed: &Observed, config: &Config) -> Assignment {
                 protocol,
                 port,
                 holders: BTreeSet::new(),
+                reserved_by: None,
                 nodes_blocked: 0,
             };
             let mut here = NodeSet::empty(node_count);

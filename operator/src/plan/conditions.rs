@@ -73,7 +73,11 @@ pub fn transition_events(old: &[Condition], new: &[Condition]) -> Vec<PlannedEve
                 // A reason change is news; a message change alone (e.g. a count) is not.
                 let reason_changed = condition::find(old, types::READY)
                     .is_none_or(|o| o.status != c.status || o.reason != c.reason);
-                if !reason_changed || c.reason == reasons::PORT_IN_USE {
+                // The PortConflict condition's Event already tells of a port conflict.
+                if !reason_changed
+                    || c.reason == reasons::PORT_IN_USE
+                    || c.reason == reasons::PORT_RESERVED
+                {
                     continue;
                 }
                 let ty = match c.reason.as_str() {
@@ -145,6 +149,11 @@ pub fn service_condition(plan: &ServicePlan, service: &Service, now: &Time) -> O
             true,
             reasons::SERVING,
             format!("{} (LoadBalancerPool {pool})", ready.message),
+        ),
+        ServiceState::PortConflict if ready.reason == reasons::PORT_RESERVED => (
+            false,
+            reasons::PORT_RESERVED,
+            format!("{}. Change this Service's port", ready.message),
         ),
         ServiceState::PortConflict => (
             false,

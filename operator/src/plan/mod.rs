@@ -19,6 +19,7 @@ pub mod ingress;
 pub mod names;
 pub mod pools;
 pub mod rbac;
+pub mod reserved;
 pub mod service;
 pub mod stale;
 pub mod validate;
@@ -75,6 +76,9 @@ pub struct Config {
     /// Build the DaemonSet and ServiceLoadBalancer objects (false: states, conditions, ingress,
     /// pool statuses and cleanup only — what the operator's periodic sweep needs).
     pub build_objects: bool,
+    /// Host ports held on every node by something else (kubelet, a host-network operator):
+    /// a Service asking for one is in `PortConflict` (`PortReserved`) and gets no DaemonSet.
+    pub reserved_host_ports: Vec<reserved::ReservedPort>,
     /// The time written into changed conditions.
     pub now: Time,
 }
@@ -91,6 +95,7 @@ impl Config {
             agent_forwarding_sysctls: false,
             assume_agents_forwarding: false,
             build_objects: true,
+            reserved_host_ports: reserved::defaults(),
             now,
         }
     }

@@ -68,6 +68,13 @@ fn describe_blocks(placed: &Placed) -> String {
         .blocks
         .iter()
         .map(|b| {
+            if let Some(owner) = &b.reserved_by {
+                return format!(
+                    "{}/{} is reserved on every node for {owner} (--reserved-host-ports)",
+                    b.protocol.as_str(),
+                    b.port,
+                );
+            }
             let holders: Vec<String> = b.holders.iter().map(Key::to_string).collect();
             format!(
                 "{}/{} is held by Service {} on {} of {} eligible nodes",
@@ -254,11 +261,17 @@ fn plan_placed(
     ));
 
     let conflict = placed.port_conflict();
+    // A reserved port blocks every node, so it alone decides the reason.
+    let conflict_reason = if placed.blocks.iter().any(|b| b.reserved_by.is_some()) {
+        reasons::PORT_RESERVED
+    } else {
+        reasons::PORT_IN_USE
+    };
     conds.push(if conflict {
         c(
             types::PORT_CONFLICT,
             true,
-            reasons::PORT_IN_USE,
+            conflict_reason,
             format!("no eligible node is free: {}", describe_blocks(placed)),
         )
     } else if placed.blocks.is_empty() {
@@ -349,7 +362,7 @@ fn plan_placed(
             c(
                 types::READY,
                 false,
-                reasons::PORT_IN_USE,
+                conflict_reason,
                 format!("no eligible node is free: {}", describe_blocks(placed)),
             ),
         )

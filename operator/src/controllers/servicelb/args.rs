@@ -2,6 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::plan::reserved::{DEFAULT_RESERVED_HOST_PORTS, ReservedPorts};
 use crate::plan::{Config, DEFAULT_AGENT_IMAGE};
 
 /// The operator's namespace when neither `--namespace` nor `POD_NAMESPACE` is set.
@@ -38,6 +39,13 @@ pub struct ServiceLbArgs {
     /// pods; only for kubelets that allow them (e.g. K3s).
     #[arg(long, env = "PORTWAY_AGENT_FORWARDING_SYSCTLS", default_value_t = false, action = clap::ArgAction::Set)]
     pub agent_forwarding_sysctls: bool,
+    /// Host ports no agent may take, as `PROTOCOL/PORT=OWNER,...` (empty: none). A Service asking
+    /// for one gets `PortConflict` (`PortReserved`) and no DaemonSet. Agents run at
+    /// system-node-critical priority: an agent pod wanting a port a lower-priority pod holds
+    /// (the operator on the host network) would preempt it. The chart adds the operator's
+    /// metrics port when `operator.hostNetwork` is set.
+    #[arg(long, env = "PORTWAY_RESERVED_HOST_PORTS", default_value = DEFAULT_RESERVED_HOST_PORTS)]
+    pub reserved_host_ports: ReservedPorts,
 }
 
 impl ServiceLbArgs {
@@ -52,6 +60,7 @@ impl ServiceLbArgs {
             agent_forwarding_sysctls: self.agent_forwarding_sysctls,
             assume_agents_forwarding: false,
             build_objects: true,
+            reserved_host_ports: self.reserved_host_ports.0.clone(),
             now,
         }
     }
