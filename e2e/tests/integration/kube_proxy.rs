@@ -34,9 +34,10 @@
 //! - after SIGTERM no Portway line is left in either family and all sixteen paths are served
 //!   (by kube-proxy).
 //!
-//! Needs `KUBEBUILDER_ASSETS` with a `kube-proxy` next to `kube-apiserver`, root, `ip`, the
-//! iptables tools, and the agent binary (`cargo build -p portway-node-agent`); otherwise one
-//! `SKIP` line.
+//! Needs `KUBEBUILDER_ASSETS` with a `kube-proxy` next to `kube-apiserver`, root, `ip` and the
+//! iptables tools; otherwise one `SKIP` line. The agent binary is within the workspace's reach, so
+//! the test builds it (`cargo build -p portway-node-agent`, same target folder and profile) and
+//! fails when it cannot.
 
 #[path = "../../../node-agent/tests/support/mod.rs"]
 mod support;
@@ -142,14 +143,54 @@ fn assets_or_skip_reason(variant: &str) -> Result<std::path::PathBuf, String> {
     if !support::backends().contains(&variant) {
         return Err(format!("the iptables-{variant} tools do not work here"));
     }
-    if !agent_bin().is_file() {
-        return Err(format!(
-            "no agent binary at {}; run `cargo build -p portway-node-agent` (same target dir and \
-             profile) first",
-            agent_bin().display()
-        ));
+    // Everything else is here: the agent binary is within reach, so build it (a no-op when it is
+    // up to date) rather than skip. A test that cannot do its check must not pass.
+    if let Err(e) = build_agent() {
+        panic!("{e}");
     }
     Ok(dir)
+}
+
+/// `cargo build -p portway-node-agent --bin portway-agent` into this test's own target folder and
+/// profile, so [`agent_bin`] is the agent of this checkout, never a stale or missing one.
+fn build_agent() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    // <target>/<profile>/deps/<test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| format!("{} is not in <target>/<profile>/deps", exe.display()))?;
+    let target = profile_dir
+        .parent()
+        .ok_or_else(|| format!("{} has no target folder", profile_dir.display()))?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => return Err(format!("{}: no profile name", profile_dir.display())),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(&cargo)
+        .args([
+            "build",
+            "-p",
+            "portway-node-agent",
+            "--bin",
+            "portway-agent",
+        ])
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(target)
+        .current_dir(portway_e2e::envtest::workspace_root())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", cargo.to_string_lossy()))?;
+    if !out.status.success() || !agent_bin().is_file() {
+        return Err(format!(
+            "building the agent for the kube-proxy test failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 /// The whole scenario with kube-proxy on iptables-`forced`.
