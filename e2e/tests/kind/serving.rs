@@ -51,10 +51,7 @@ async fn load_balancer_service_is_served_by_every_worker() {
             return Err(format!("{} agent DaemonSets, expected 1", ds.len()));
         }
         let worker_names: BTreeSet<String> = workers.iter().map(name_of).collect();
-        let agents = cluster.ready_agent_nodes(&ns, "web").await?;
-        if agents != worker_names {
-            return Err(format!("ready agents on {agents:?}, expected {worker_names:?}"));
-        }
+        wait_ready_agents(&cluster, &ns, "web", &worker_names, SERVE_TIMEOUT).await?;
 
         // Every published address answers, from the backend.
         let pods = backend_pods(&cluster, &ns, "web").await?;

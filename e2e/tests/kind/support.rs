@@ -345,14 +345,23 @@ pub fn chain_prefix(ns: &str, name: &str) -> String {
     .owned_prefix()
 }
 
-/// Packets DNATed by one Service agent's TCP port chain on a node (`[packets:bytes] -A
-/// PORTWAY-<id>-T<port> ... -j DNAT ...` as `iptables-save -c` prints it). Only connections this
-/// port chain forwarded count; the catch-all jump from PREROUTING does not.
+/// Packets DNATed for one Service agent's TCP host port on a node, as `iptables-save -c` prints
+/// its rules (`[packets:bytes] -A ...`). The agent DNATs a port with one target right in its
+/// entry chain (`-A PORTWAY-<id>-DNAT ... -p tcp ... --dport <port> ... -j DNAT`) and a port with
+/// several in a port chain (`-A PORTWAY-<id>-T<port> ... -j DNAT`); both count. Only Portway's
+/// own DNAT rules count, not the jumps into its chains.
 pub fn dnat_packets(lines: &[String], ns: &str, name: &str, port: i32) -> u64 {
-    let chain = format!("-A {}T{port} ", chain_prefix(ns, name));
+    let prefix = chain_prefix(ns, name);
+    let entry = format!("-A {prefix}DNAT ");
+    let port_chain = format!("-A {prefix}T{port} ");
+    let dport = format!("--dport {port} ");
     let rules: Vec<String> = lines
         .iter()
-        .filter(|l| l.contains(&chain) && l.contains("-j DNAT"))
+        .filter(|l| l.contains("-j DNAT"))
+        .filter(|l| {
+            l.contains(&port_chain)
+                || (l.contains(&entry) && l.contains("-p tcp ") && l.contains(&dport))
+        })
         .cloned()
         .collect();
     packets(&rules)
@@ -632,6 +641,31 @@ pub async fn wait_ingress(
     }
 }
 
+/// Waits until the Service's ready agent pods run on exactly `expected` nodes. An agent reports
+/// `Forwarding=True` as soon as its rules are in; kubelet marks its pod ready at the next run of
+/// its readiness probe (every 5 s), so a Ready ServiceLoadBalancer does not yet mean ready pods.
+pub async fn wait_ready_agents(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    expected: &BTreeSet<String>,
+    timeout: Duration,
+) -> R<()> {
+    let result = wait::eventually(
+        &format!("ready agents of {ns}/{name} on {expected:?}"),
+        timeout,
+        || async {
+            let ready = cluster.ready_agent_nodes(ns, name).await.ok()?;
+            (ready == *expected).then_some(())
+        },
+    )
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(format!("{e}\n{}", cluster.describe(ns, name).await)),
+    }
+}
+
 /// Waits until the Service's ServiceLoadBalancer has condition `type_` with `status` and
 /// `reason`; returns it.
 pub async fn wait_slb_condition(
@@ -786,5 +820,64 @@ pub async fn run<F: Future<Output = R<()>>>(test: &str, body: F) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => panic!("{test}: {e}"),
         Err(_) => panic!("{test}: over its budget of {TEST_BUDGET:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+
+    use portway_crds::{IpFamily, Protocol};
+    use portway_node_agent::dataplane::iptables::render::{self, ChainNames, DEFAULT_PREFIX};
+    use portway_node_agent::rules::{FamilyRules, Forward};
+
+    use super::dnat_packets;
+
+    /// `iptables-save -c` lines of what the agent renders for `ns/name` forwarding TCP `port`
+    /// (and UDP on the same port, which must not count) to `targets`, every rule counted 7.
+    fn counted_rules(ns: &str, name: &str, port: u16, targets: &[&str]) -> Vec<String> {
+        let forward = |protocol| Forward {
+            name: String::new(),
+            protocol,
+            port,
+            destinations: vec!["10.0.0.7".parse::<IpAddr>().expect("ip")],
+            targets: targets
+                .iter()
+                .map(|t| t.parse::<SocketAddr>().expect("target"))
+                .collect(),
+            masquerade: true,
+        };
+        let rules = FamilyRules {
+            family: IpFamily::IPv4,
+            forwards: vec![forward(Protocol::TCP), forward(Protocol::UDP)],
+            allowed_sources: None,
+            shared_netns: false,
+        };
+        let names = ChainNames::new(DEFAULT_PREFIX, &format!("{ns}/{name}"));
+        let desired = render::desired(Some(&rules), &names);
+        desired
+            .tables
+            .values()
+            .flat_map(|t| t.chains.iter())
+            .flat_map(|(chain, specs)| specs.iter().map(move |s| format!("[7:420] -A {chain} {s}")))
+            .collect()
+    }
+
+    /// The traffic_policy test could not pass: with one backend the agent DNATs in its entry
+    /// chain, and only port chains were counted.
+    #[test]
+    fn dnat_packets_counts_one_target_and_several() {
+        let one = counted_rules("e2e-tp", "echo", 18081, &["10.244.1.5:8080"]);
+        assert_eq!(dnat_packets(&one, "e2e-tp", "echo", 18081), 7, "{one:#?}");
+        let two = counted_rules(
+            "e2e-tp",
+            "echo",
+            18081,
+            &["10.244.1.5:8080", "10.244.2.6:8080"],
+        );
+        assert_eq!(dnat_packets(&two, "e2e-tp", "echo", 18081), 14, "{two:#?}");
+        // Another port, another Service: nothing.
+        assert_eq!(dnat_packets(&one, "e2e-tp", "echo", 18082), 0);
+        assert_eq!(dnat_packets(&one, "e2e-tp", "other", 18081), 0);
     }
 }
