@@ -21,7 +21,9 @@ pub enum Command {
     /// Print every Portway CustomResourceDefinition as YAML.
     Crd,
     /// Show what the operator would create and write for a folder of YAML (Services, Nodes,
-    /// EndpointSlices, LoadBalancerPools, ClusterCIDRs), without a cluster.
+    /// EndpointSlices, LoadBalancerPools, ClusterCIDRs), without a cluster. Strict and
+    /// deterministic: a pre-merge check.
+    #[command(after_help = plan::AFTER_HELP)]
     Plan(plan::Args),
     /// Run the operator against the cluster in the kubeconfig / service account.
     Run(Box<run::Args>),
@@ -60,6 +62,12 @@ mod tests {
         let cli =
             Cli::try_parse_from(["portway", "plan", "examples", "-o", "wide"]).expect("parses");
         assert!(matches!(cli.command, Command::Plan(a) if a.output == plan::Format::Wide));
+        let cli = Cli::try_parse_from(["portway", "plan", "x", "-o", "json", "--strict"])
+            .expect("parses");
+        assert!(
+            matches!(cli.command, Command::Plan(a) if a.output == plan::Format::Json && a.strict)
+        );
+        assert!(Cli::try_parse_from(["portway", "plan", "--strict"]).is_err());
         let cli = Cli::try_parse_from([
             "portway",
             "cleanup",
