@@ -1613,6 +1613,7 @@ fn plan_args(output: portway_operator::cli::plan::Format) -> portway_operator::c
         paths: vec![],
         output,
         strict: false,
+        diff: None,
         servicelb: portway_operator::controllers::servicelb::ServiceLbArgs {
             load_balancer_class: "portway.dev/servicelb".into(),
             namespace: "portway-system".into(),

@@ -6,11 +6,12 @@
 //! objects are rejected ([`crate::input`]); the output depends only on the input (conditions carry
 //! the fixed [`plan_time`], not the wall clock; everything is sorted), so two runs, or the same
 //! files in another order, print the same bytes; `--strict` turns [`problems`] into exit code 1;
-//! `-o json` is one document with a checked-in schema.
+//! `-o json` is one document with a checked-in schema; `--diff A B` says what changes.
 //!
 //! Modules: [`text`] (`-o yaml`, `-o wide`), [`json`] (`-o json`), [`problems`] (what `--strict`
-//! fails on).
+//! fails on), [`diff`] (`--diff`).
 
+pub mod diff;
 pub mod json;
 pub mod problems;
 pub mod text;
@@ -44,12 +45,12 @@ pub const EXIT_USAGE_OR_IO: u8 = 2;
 /// `portway plan --help`, after the options: the exit codes and the time used.
 pub const AFTER_HELP: &str = "\
 Exit codes:
-  0  the plan was printed; without --strict also when objects were rejected or
+  0  the plan (or diff) was printed; without --strict also when objects were rejected or
      Services are not served (they are reported in the output)
   1  with --strict: a document was rejected (invalid, unknown field, duplicate object, unused
      kind), a Portway Service is not serving (PortConflict, PoolNotFound, NoMatchingPool,
      PoolHasNoNodes, NoReadyEndpoints, InvalidService...), the pod CIDRs cannot be planned, or,
-     when ClusterCIDRs are given, a Node gets no pod CIDR
+     when ClusterCIDRs are given, a Node gets no pod CIDR; with --diff, of DIR_B
   2  usage error, or the input could not be read or the output not written
 
 Output is deterministic: the same objects give the same bytes in any file or document order,
@@ -58,11 +59,12 @@ and conditions carry the fixed time 1970-01-01T00:00:00Z instead of the clock.";
 /// Output formats.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// The objects as YAML documents, with comments.
+    /// The objects as YAML documents, with comments (with --diff: text).
     Yaml,
-    /// A readable table.
+    /// A readable table (with --diff: text).
     Wide,
-    /// One JSON document (schema: docs/schemas/plan.schema.json).
+    /// One JSON document (schema: docs/schemas/plan.schema.json; with --diff
+    /// docs/schemas/plan-diff.schema.json).
     Json,
 }
 
@@ -70,8 +72,9 @@ pub enum Format {
 #[derive(clap::Args, Debug, Clone)]
 #[group(id = "plan-args")]
 pub struct Args {
-    /// YAML files or folders (read one level deep).
-    #[arg(required = true)]
+    /// YAML files or folders (read one level deep). With --diff: read on both sides (e.g. a
+    /// dump of the cluster's Nodes and EndpointSlices that neither tree holds).
+    #[arg(required_unless_present = "diff")]
     pub paths: Vec<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
@@ -79,6 +82,10 @@ pub struct Args {
     /// Exit with 1 when a document is rejected or a Service is not served (see below).
     #[arg(long)]
     pub strict: bool,
+    /// Print what changes from the plan of DIR_A (+ PATHS) to the plan of DIR_B (+ PATHS)
+    /// instead of a plan.
+    #[arg(long, num_args = 2, value_names = ["DIR_A", "DIR_B"])]
+    pub diff: Option<Vec<PathBuf>>,
     #[command(flatten)]
     pub servicelb: ServiceLbArgs,
 }
@@ -211,6 +218,12 @@ pub fn render(set: &InputSet, args: &Args, now: Time) -> String {
 
 /// Runs `portway plan`; see [`AFTER_HELP`] for the exit codes.
 pub fn main(args: &Args) -> ExitCode {
+    if let Some(dirs) = &args.diff {
+        return match dirs.as_slice() {
+            [a, b] => diff::main(args, a, b),
+            _ => fail("--diff takes two paths: DIR_A DIR_B"),
+        };
+    }
     let set = match crate::input::read_paths(&args.paths) {
         Ok(set) => set,
         Err(e) => return fail(&e.to_string()),
@@ -220,7 +233,7 @@ pub fn main(args: &Args) -> ExitCode {
 }
 
 /// Prints `output`; with `strict`, reports `problems` on stderr and exits with 1 if any.
-fn finish(output: &str, strict: bool, problems: &[Problem]) -> ExitCode {
+pub(crate) fn finish(output: &str, strict: bool, problems: &[Problem]) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout
         .write_all(output.as_bytes())
@@ -239,7 +252,7 @@ fn finish(output: &str, strict: bool, problems: &[Problem]) -> ExitCode {
 }
 
 /// Reports a usage or I/O error; exit code 2.
-fn fail(message: &str) -> ExitCode {
+pub(crate) fn fail(message: &str) -> ExitCode {
     eprintln!("portway plan: {message}");
     ExitCode::from(EXIT_USAGE_OR_IO)
 }
