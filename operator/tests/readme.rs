@@ -70,3 +70,45 @@ fn the_plan_table_in_the_readme_is_what_plan_prints() {
         "README.md shows an outdated `portway plan examples/ -o wide`; paste the new output"
     );
 }
+
+/// Every `portway plan` command the pull-request check docs tell users to copy parses.
+#[test]
+fn the_pull_request_check_commands_parse() {
+    use clap::Parser;
+    let docs = std::fs::read_to_string(root().join("docs/check-pull-requests.md"))
+        .expect("docs/check-pull-requests.md");
+    let section = {
+        let text = readme();
+        let start = text
+            .find("## Check pull requests")
+            .expect("a Check pull requests section");
+        text[start..].to_owned()
+    };
+    assert!(
+        section.contains("(docs/check-pull-requests.md)"),
+        "README links the page"
+    );
+    let mut checked = 0;
+    for text in [docs.as_str(), section.as_str()] {
+        for line in text.lines() {
+            let line = line
+                .trim()
+                .trim_start_matches("$ ")
+                .trim_start_matches("run: ");
+            if !line.starts_with("portway plan") {
+                continue;
+            }
+            // Up to a redirect or comment; shell quotes and variables become plain words.
+            let command = line.split(['>', '#']).next().unwrap_or_default();
+            let words: Vec<String> = command
+                .split_whitespace()
+                .map(|w| w.replace('"', ""))
+                .collect();
+            if let Err(e) = portway_operator::cli::Cli::try_parse_from(&words) {
+                panic!("{line:?} does not parse: {e}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "only {checked} commands found");
+}

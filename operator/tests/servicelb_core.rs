@@ -1771,6 +1771,8 @@ fn plan_args(output: portway_operator::cli::plan::Format) -> portway_operator::c
     portway_operator::cli::plan::Args {
         paths: vec![],
         output,
+        strict: false,
+        diff: None,
         servicelb: portway_operator::controllers::servicelb::ServiceLbArgs {
             load_balancer_class: "portway.dev/servicelb".into(),
             namespace: "portway-system".into(),

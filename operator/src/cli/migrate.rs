@@ -77,7 +77,9 @@ pub fn main(args: Args) -> ExitCode {
             }
         }
     } else {
-        match input::read_paths(&args.paths) {
+        // Not strict: a dump of a cluster newer than the Kubernetes API this binary knows has
+        // fields it does not; they do not matter for the conversion.
+        match input::read_paths_with(&args.paths, input::FieldValidation::Ignore) {
             Ok(set) => {
                 let names: Vec<String> =
                     args.paths.iter().map(|p| p.display().to_string()).collect();

@@ -21,7 +21,9 @@ pub enum Command {
     /// Print every Portway CustomResourceDefinition as YAML.
     Crd,
     /// Show what the operator would create and write for a folder of YAML (Services, Nodes,
-    /// EndpointSlices, LoadBalancerPools, ClusterCIDRs), without a cluster.
+    /// EndpointSlices, LoadBalancerPools, ClusterCIDRs), without a cluster; or, with --diff,
+    /// what changes between two folders. Strict and deterministic: a pre-merge check.
+    #[command(after_help = plan::AFTER_HELP)]
     Plan(plan::Args),
     /// Run the operator against the cluster in the kubeconfig / service account.
     Run(Box<run::Args>),
@@ -60,6 +62,22 @@ mod tests {
         let cli =
             Cli::try_parse_from(["portway", "plan", "examples", "-o", "wide"]).expect("parses");
         assert!(matches!(cli.command, Command::Plan(a) if a.output == plan::Format::Wide));
+        let cli = Cli::try_parse_from(["portway", "plan", "--diff", "a", "b", "-o", "json"])
+            .expect("parses");
+        let Command::Plan(args) = cli.command else {
+            panic!("not plan");
+        };
+        assert_eq!(args.output, plan::Format::Json);
+        assert_eq!(args.diff, Some(vec!["a".into(), "b".into()]));
+        assert!(!args.strict && args.paths.is_empty());
+        // A diff takes exactly two trees, and paths read on both sides; a plan needs a path.
+        assert!(Cli::try_parse_from(["portway", "plan", "--diff", "a"]).is_err());
+        let cli =
+            Cli::try_parse_from(["portway", "plan", "x", "--diff", "a", "b"]).expect("parses");
+        assert!(
+            matches!(cli.command, Command::Plan(a) if a.paths == [std::path::PathBuf::from("x")])
+        );
+        assert!(Cli::try_parse_from(["portway", "plan", "--strict"]).is_err());
         let cli = Cli::try_parse_from([
             "portway",
             "cleanup",

@@ -1,70 +1,12 @@
-//! `portway plan DIR...`: what the operator would create and write for a folder of YAML, with
-//! no cluster. Runs the same pure core as the operator, assuming every agent forwards (so the
-//! output shows the ingress each Service gets once its agents run).
+//! `-o yaml` (the objects, with comments) and `-o wide` (tables) of `portway plan`.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use portway_crds::condition::{self, types};
 use serde::Serialize;
 
-use crate::controllers::servicelb::ServiceLbArgs;
-use crate::input::InputSet;
-use crate::plan::{self, Desired, Observed};
-
-/// Output formats.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// The objects as YAML documents, with comments.
-    Yaml,
-    /// A readable table.
-    Wide,
-}
-
-/// Arguments of `portway plan`.
-#[derive(clap::Args, Debug, Clone)]
-#[group(id = "plan-args")]
-pub struct Args {
-    /// YAML files or folders (read one level deep).
-    #[arg(required = true)]
-    pub paths: Vec<PathBuf>,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
-    pub output: Format,
-    #[command(flatten)]
-    pub servicelb: ServiceLbArgs,
-}
-
-/// Builds the core's input from what was read.
-pub fn observed(set: &InputSet) -> Observed {
-    fn arcs<T: Clone>(v: &[T]) -> Vec<Arc<T>> {
-        v.iter().cloned().map(Arc::new).collect()
-    }
-    Observed {
-        services: arcs(&set.services),
-        nodes: arcs(&set.nodes),
-        endpoint_slices: arcs(&set.endpoint_slices),
-        pools: arcs(&set.pools),
-        namespaces: arcs(&set.namespaces),
-        service_load_balancers: arcs(&set.service_load_balancers),
-        daemonsets: Vec::new(),
-        role_bindings: Vec::new(),
-    }
-}
-
-/// Runs the core on `set` and renders the result.
-pub fn render(set: &InputSet, args: &Args, now: Time) -> String {
-    let mut config = args.servicelb.config(now);
-    config.assume_agents_forwarding = true;
-    let desired = plan::desired_state(&observed(set), &config);
-    let cidrs = crate::cidr::plan_for_nodes(&set.nodes, &set.cluster_cidrs);
-    match args.output {
-        Format::Yaml => render_yaml(set, &desired, &cidrs),
-        Format::Wide => render_wide(set, &desired, &cidrs),
-    }
-}
+use super::{Plan, pool_status_object, ready_reason, service_status_object};
+use crate::plan;
 
 fn yaml<T: Serialize>(v: &T) -> String {
     match serde_saphyr::to_string(v) {
@@ -88,21 +30,9 @@ fn ingress_list(p: &plan::ServicePlan) -> String {
     }
 }
 
-/// Reason and message of the Service's `portway.dev/LoadBalancer` condition (else of the
-/// ServiceLoadBalancer's Ready condition).
-fn ready_reason(p: &plan::ServicePlan) -> (String, String) {
-    p.service_condition
-        .as_ref()
-        .or_else(|| condition::find(&p.conditions, types::READY))
-        .map(|c| (c.reason.clone(), c.message.clone()))
-        .unwrap_or_else(|| ("-".to_owned(), String::new()))
-}
-
-fn render_yaml(
-    set: &InputSet,
-    d: &Desired,
-    cidrs: &Result<crate::cidr::CidrPlan, crate::cidr::CidrPlanError>,
-) -> String {
+/// `-o yaml`: every object the operator would write, as YAML documents with comments.
+pub fn render_yaml(plan: &Plan<'_>) -> String {
+    let (d, cidrs) = (&plan.desired, &plan.cidrs);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -113,7 +43,7 @@ fn render_yaml(
             .count(),
         d.ignored.len()
     );
-    for s in &set.skipped {
+    for s in &plan.rejected {
         let _ = writeln!(out, "# skipped {} ({}): {}", s.object, s.source, s.reason);
     }
     for p in &d.services {
@@ -145,18 +75,8 @@ fn render_yaml(
             out.push_str(&yaml(slb));
             let _ = writeln!(out, "---");
         }
-        let mut status = serde_json::json!({"loadBalancer": {"ingress": p.ingress.as_slice()}});
-        if let Some(c) = &p.service_condition {
-            status["conditions"] = serde_json::json!([c]);
-        }
-        let status = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": p.service.name, "namespace": p.service.namespace},
-            "status": status,
-        });
         let _ = writeln!(out, "# Service status written by the operator:");
-        out.push_str(&yaml(&status));
+        out.push_str(&yaml(&service_status_object(p)));
     }
     for (key, why) in &d.ignored {
         let _ = writeln!(out, "---\n# Service {key} ignored: {why}");
@@ -167,13 +87,7 @@ fn render_yaml(
     }
     for pool in &d.pools {
         let _ = writeln!(out, "---");
-        let doc = serde_json::json!({
-            "apiVersion": portway_crds::names::API_VERSION,
-            "kind": "LoadBalancerPool",
-            "metadata": {"name": pool.name},
-            "status": pool.status,
-        });
-        out.push_str(&yaml(&doc));
+        out.push_str(&yaml(&pool_status_object(pool)));
     }
     let _ = writeln!(out, "---");
     match cidrs {
@@ -274,11 +188,9 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn render_wide(
-    set: &InputSet,
-    d: &Desired,
-    cidrs: &Result<crate::cidr::CidrPlan, crate::cidr::CidrPlanError>,
-) -> String {
+/// `-o wide`: Services, pools, pod CIDRs and ClusterCIDRs as tables.
+pub fn render_wide(plan: &Plan<'_>) -> String {
+    let (d, cidrs) = (&plan.desired, &plan.cidrs);
     let mut rows = vec![vec![
         "SERVICE".to_owned(),
         "STATE".to_owned(),
@@ -370,23 +282,8 @@ fn render_wide(
             let _ = writeln!(out, "Pod CIDRs per Node: not shown: {e}");
         }
     }
-    for s in &set.skipped {
+    for s in &plan.rejected {
         let _ = writeln!(out, "skipped {} ({}): {}", s.object, s.source, s.reason);
     }
     out
-}
-
-/// Runs `portway plan`: reads the input, prints the plan; exit code 1 when the input cannot be
-/// read at all (invalid documents are reported and skipped, as the API server would reject them).
-pub fn main(args: &Args) -> std::process::ExitCode {
-    let set = match crate::input::read_paths(&args.paths) {
-        Ok(set) => set,
-        Err(e) => {
-            eprintln!("portway plan: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    print!("{}", render(&set, args, now));
-    std::process::ExitCode::SUCCESS
 }
