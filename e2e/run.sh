@@ -8,9 +8,8 @@
 # 1. Checks for docker (with a reachable daemon), kind, kubectl, helm and cargo. If one is missing
 #    it prints a single line starting with "SKIP" and exits 0 without running anything; it never
 #    reports a pass it did not see. PORTWAY_E2E_REQUIRE=1 (CI) turns that skip into a failure.
-# 2. Builds the release binaries (in a Debian bookworm container when the host's glibc is newer
-#    than bookworm's, so they run in the images), the two images (scripts/build-images.sh), and
-#    the test binary, before any cluster exists.
+# 2. Builds the two images with their static binaries (scripts/build-images.sh) and the test
+#    binary, before any cluster exists.
 # 3. Creates the cluster from e2e/kind/<variant>.yaml: kube-controller-manager does not allocate
 #    pod CIDRs, Portway does.
 # 4. Loads Portway's images and the backend image into the nodes (`kind load docker-image`) and
@@ -30,9 +29,8 @@
 #                               (default: target/e2e-logs/<variant>)
 #   PORTWAY_E2E_TEST_THREADS    tests run at once in phase 1 (default: 2)
 #   PORTWAY_E2E_BACKEND_IMAGE   backend image (default: registry.k8s.io/e2e-test-images/agnhost:2.53)
-#   PORTWAY_E2E_BUILDER_IMAGE   image that builds the binaries when the host glibc is too new
-#                               (default: rust:<rust-toolchain.toml channel>-bookworm)
-#   PORTWAY_BIN_DIR             use these `portway` and `portway-agent` binaries (glibc <= 2.36)
+#   PORTWAY_BIN_DIR             use these static `portway` and `portway-agent` binaries
+#                               (scripts/build-static.sh) instead of building them
 #   PORTWAY_IMAGE_TAG           tag of Portway's images (default: e2e)
 #   KIND_NODE_IMAGE             node image (default: the kind release's own)
 set -euo pipefail
@@ -159,30 +157,9 @@ if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
 fi
 
 # --- 2. binaries, images, test binary ----------------------------------------------------------
-glibc_ok() { # the host's glibc is at most Debian bookworm's 2.36
-  local v
-  v=$(ldd --version 2>/dev/null | head -n 1 | grep -oE '[0-9]+\.[0-9]+$' || true)
-  [ -n "$v" ] && [ "$(printf '%s\n2.36\n' "$v" | sort -V | tail -n 1)" = 2.36 ]
-}
-bin_dir=${PORTWAY_BIN_DIR:-}
-if [ -z "$bin_dir" ]; then
-  if glibc_ok; then
-    log "cargo build --release (host glibc fits Debian bookworm)"
-    cargo build --release --locked -p portway-operator --bin portway -p portway-node-agent --bin portway-agent >&2
-    bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
-  else
-    channel=$(sed -n 's/^channel[[:space:]]*=[[:space:]]*"\(.*\)"/\1/p' "$repo/rust-toolchain.toml")
-    builder=${PORTWAY_E2E_BUILDER_IMAGE:-rust:${channel}-bookworm}
-    log "host glibc is newer than bookworm's 2.36: building the binaries in $builder"
-    docker run --rm -u "$(id -u):$(id -g)" -v "$repo:/src" -w /src \
-      -e HOME=/tmp -e RUSTUP_TOOLCHAIN="$channel" \
-      -e CARGO_HOME=/src/target/bookworm-cargo-home -e CARGO_TARGET_DIR=/src/target/bookworm \
-      "$builder" \
-      cargo build --release --locked -p portway-operator --bin portway -p portway-node-agent --bin portway-agent >&2
-    bin_dir=$repo/target/bookworm/release
-  fi
-fi
-PORTWAY_BIN_DIR=$bin_dir PORTWAY_IMAGE_TAG=$tag bash "$repo/scripts/build-images.sh" docker >&2
+# The images' static binaries are built by build-images.sh (scripts/build-static.sh) unless
+# PORTWAY_BIN_DIR names ready ones.
+PORTWAY_IMAGE_TAG=$tag bash "$repo/scripts/build-images.sh" docker >&2
 if ! docker image inspect "$backend_image" >/dev/null 2>&1; then
   log "docker pull $backend_image"
   docker pull "$backend_image" >&2
