@@ -11,12 +11,13 @@
 # What goes in, and why (see docs/design-packaging.md):
 # - /usr/sbin/xtables-{legacy,nft}-multi and the {ip,ip6}tables-{legacy,nft}{,-save,-restore}
 #   links the agent runs (it detects the variant like kubelet; the multi-binaries act on argv[0]);
-# - every iptables extension (/usr/lib/<triplet>/xtables/*.so): detection and the agent's diff
-#   dump the whole node's tables, which hold kube-proxy's and the CNI's matches as well;
+# - every iptables and ip6tables extension (/usr/lib/<triplet>/xtables/lib{xt,ipt,ip6t}_*.so, not
+#   ebtables' or arptables'): detection and the agent's diff dump whole tables, which hold
+#   kube-proxy's and the CNI's matches as well;
 # - the libraries those need, the glibc loader, libc and libm; nothing else of libc6 (no
 #   locales, gconv modules or NSS files);
 # - each package's copyright file and a list of the packages and versions (licences: iptables
-#   and the netfilter libraries are GPL-2.0, glibc LGPL-2.1).
+#   and the netfilter libraries are GPL-2.0, libmnl and glibc LGPL-2.1).
 # The script then checks that every ELF file's DT_NEEDED libraries and program interpreter are in
 # <out> and fails otherwise, so a new dependency cannot slip into the image unnoticed.
 set -euo pipefail

@@ -77,7 +77,8 @@ if [ -n "${PORTWAY_BIN_DIR:-}" ]; then
   [ "$multi" = 0 ] || die "PORTWAY_BIN_DIR holds one platform's binaries; build one platform at a time"
   bin_dirs[${archs[0]}]=$PORTWAY_BIN_DIR
 else
-  while read -r a dir; do bin_dirs[$a]=$dir; done < <(bash scripts/build-static.sh "${archs[@]}")
+  built=$(bash scripts/build-static.sh "${archs[@]}") || die "scripts/build-static.sh ${archs[*]} failed"
+  while read -r a dir; do bin_dirs[$a]=$dir; done <<<"$built"
 fi
 for a in "${archs[@]}"; do
   for b in portway portway-agent; do
