@@ -16,15 +16,28 @@
 //! - `cidrs`: nodes' pod CIDRs come from the default ClusterCIDR, and pods use them.
 //! - `cleanup`: deleting a Service removes its DaemonSet and the agents' rules on the nodes.
 //! - `uninstall`: `helm uninstall` leaves no Portway workload, object or rule (run last).
+//!
+//! What only a real cluster shows (names `serial_*`: they disturb nodes or the operator, so
+//! `e2e/run.sh` runs them one at a time after the others):
+//! - `disruption`: a stopped kubelet takes its node out of the ingress until it returns; a
+//!   cordoned and drained node keeps serving through its agent; the operator pod deleted under
+//!   a steady request loop loses no request.
+//! - `latency`: `P10 expose_to_first_request_s`, the median of 10 Services from creation to the
+//!   first answer through a node.
+//! - `footprint`: the RSS of every Portway process with 20 LoadBalancer Services.
 
 mod cidrs;
 mod cleanup;
 mod config;
 mod conflict;
+mod disruption;
+mod footprint;
+mod latency;
 mod pools;
 mod script;
 mod serving;
 mod support;
+mod traffic;
 mod traffic_policy;
 mod uninstall;
 mod workflow;

@@ -155,6 +155,53 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `kubectl <args>` against the cluster under test: its stdout, or what went wrong.
+    pub fn kubectl(&self, args: &[&str]) -> R<String> {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output()
+            .map_err(|e| format!("kubectl {}: {e}", args.join(" ")))?;
+        if !out.status.success() {
+            return Err(format!(
+                "kubectl {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Stops or starts a node's kubelet: `$PORTWAY_E2E_NODE_CTL kubelet stop|start <node>` (the
+    /// local harness sets it to its `portway-cluster`), else `systemctl` in the node's container
+    /// (kind's nodes run systemd).
+    pub fn kubelet(&self, node: &str, action: KubeletAction) -> R<()> {
+        let verb = match action {
+            KubeletAction::Stop => "stop",
+            KubeletAction::Start => "start",
+        };
+        match std::env::var_os("PORTWAY_E2E_NODE_CTL") {
+            Some(ctl) => {
+                let out = Command::new(&ctl)
+                    .args(["kubelet", verb, node])
+                    .output()
+                    .map_err(|e| format!("{} kubelet {verb} {node}: {e}", ctl.to_string_lossy()))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "{} kubelet {verb} {node}: {}",
+                        ctl.to_string_lossy(),
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                Ok(())
+            }
+            None => self
+                .node_exec(node, &format!("systemctl {verb} kubelet"))
+                .map(|_| ()),
+        }
+    }
+
     /// Every iptables rule and chain declaration in a node's network namespace, of both families
     /// and both iptables variants (the agent picks the one the node uses), with counters.
     pub fn node_rules(&self, node: &str) -> R<String> {
@@ -382,6 +429,84 @@ pub fn packets(lines: &[String]) -> u64 {
 /// A condition of a list by type.
 pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// What [`Cluster::kubelet`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeletAction {
+    Stop,
+    Start,
+}
+
+/// Undoes a disruption of a node when the test ends, also when it fails, so later tests find
+/// every node schedulable and its kubelet running.
+pub struct NodeRestore {
+    cluster: Cluster,
+    node: String,
+    uncordon: bool,
+    start_kubelet: bool,
+}
+
+impl NodeRestore {
+    pub fn new(cluster: &Cluster, node: &str) -> Self {
+        NodeRestore {
+            cluster: cluster.clone(),
+            node: node.to_owned(),
+            uncordon: false,
+            start_kubelet: false,
+        }
+    }
+
+    /// Uncordon the node at the end.
+    pub fn uncordon(&mut self) {
+        self.uncordon = true;
+    }
+
+    /// Start the node's kubelet at the end.
+    pub fn start_kubelet(&mut self) {
+        self.start_kubelet = true;
+    }
+
+    /// Nothing left to undo (the test did it itself).
+    pub fn done(&mut self) {
+        self.uncordon = false;
+        self.start_kubelet = false;
+    }
+}
+
+impl Drop for NodeRestore {
+    fn drop(&mut self) {
+        if self.start_kubelet {
+            let _ = self.cluster.kubelet(&self.node, KubeletAction::Start);
+        }
+        if self.uncordon {
+            let _ = self.cluster.kubectl(&["uncordon", &self.node]);
+        }
+    }
+}
+
+/// Whether a Node's `Ready` condition is `True`.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until Node `name` is Ready (`true`) or not (`false`).
+pub async fn wait_node_ready(
+    cluster: &Cluster,
+    name: &str,
+    ready: bool,
+    timeout: Duration,
+) -> R<()> {
+    let api = cluster.all::<Node>();
+    wait::eventually(&format!("Node {name} Ready={ready}"), timeout, || async {
+        let node = api.get(name).await.ok()?;
+        (node_ready(&node) == ready).then_some(())
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Deletes what a test created when the test ends, also when it fails: namespaces (everything
