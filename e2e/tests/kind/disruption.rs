@@ -5,13 +5,11 @@
 //! begin with `serial_`: `e2e/run.sh` runs them one at a time after the rest of phase 1. Each
 //! puts the node back (kubelet started, node uncordoned) even when it fails.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 use portway_crds::condition::{reasons, types};
 use portway_e2e::{report, wait};
 
@@ -23,32 +21,6 @@ use crate::traffic::RequestLoop;
 const NODE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Pace of the request loops.
 const EVERY: Duration = Duration::from_millis(100);
-
-/// A Service on the default pool (Pod dataplane, every worker) with a two-pod backend, served
-/// from every worker: its namespace, and the workers' published addresses.
-async fn served_on_workers(
-    cluster: &Cluster,
-    prefix: &str,
-    port: i32,
-    cleanup: &mut Cleanup,
-) -> R<(String, BTreeSet<IpAddr>)> {
-    let ns = namespace(cluster, prefix, cleanup).await?;
-    backend(cluster, &ns, "web", None, 2).await?;
-    let opts = ServiceOptions {
-        port,
-        local: false,
-        pool: None,
-        app: None,
-    };
-    service(cluster, &ns, "web", &opts).await?;
-    let workers = cluster.workers().await?;
-    let expected = expected_ingress(&workers, &cluster.families());
-    wait_ingress(cluster, &ns, "web", &expected, SERVE_TIMEOUT).await?;
-    for ip in &expected {
-        http_get_eventually(*ip, port, "/hostname", SERVE_TIMEOUT).await?;
-    }
-    Ok((ns, expected))
-}
 
 #[tokio::test]
 #[ignore = "needs a cluster: e2e/run.sh"]
@@ -179,16 +151,6 @@ async fn serial_cordoned_and_drained_node_keeps_serving_through_its_agent() {
         Ok(())
     })
     .await;
-}
-
-/// The operator Deployment's pods (by the chart's component label).
-async fn operator_pods(cluster: &Cluster) -> R<Vec<Pod>> {
-    cluster
-        .api::<Pod>(&cluster.namespace)
-        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
-        .await
-        .map(|l| l.items)
-        .map_err(|e| format!("list operator pods: {e}"))
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@
 //! - `latency`: `P10 expose_to_first_request_s`, the median of 10 Services from creation to the
 //!   first answer through a node.
 //! - `footprint`: the RSS of every Portway process with 20 LoadBalancer Services.
+//! - `rollout`: `kubectl rollout restart` and `helm upgrade --wait` to a new operator image
+//!   finish with one and with two replicas, a new pod takes the Lease, no request fails.
 
 mod cidrs;
 mod cleanup;
@@ -34,6 +36,7 @@ mod disruption;
 mod footprint;
 mod latency;
 mod pools;
+mod rollout;
 mod script;
 mod serving;
 mod support;

@@ -173,6 +173,38 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `helm <args>` (`$PORTWAY_E2E_HELM`, else `helm` on PATH) against the cluster under test.
+    pub fn helm(&self, args: &[&str]) -> R<String> {
+        let helm = std::env::var("PORTWAY_E2E_HELM").unwrap_or_else(|_| "helm".to_owned());
+        let out = Command::new(&helm)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output()
+            .map_err(|e| format!("{helm} {}: {e}", args.join(" ")))?;
+        if !out.status.success() {
+            return Err(format!(
+                "helm {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The Helm release of Portway under test (`$PORTWAY_E2E_RELEASE`, default `portway`).
+    pub fn release(&self) -> String {
+        std::env::var("PORTWAY_E2E_RELEASE").unwrap_or_else(|_| "portway".to_owned())
+    }
+
+    /// A second tag of both Portway images, loaded into the nodes beside the installed one, for
+    /// upgrade tests (`$PORTWAY_E2E_NEXT_IMAGE_TAG`; `e2e/run.sh` loads `e2e-next`).
+    pub fn next_image_tag(&self) -> R<String> {
+        std::env::var("PORTWAY_E2E_NEXT_IMAGE_TAG").map_err(|_| {
+            "PORTWAY_E2E_NEXT_IMAGE_TAG is not set: e2e/run.sh loads a second image tag for upgrade tests".to_owned()
+        })
+    }
+
     /// Stops or starts a node's kubelet: `$PORTWAY_E2E_NODE_CTL kubelet stop|start <node>` (the
     /// local harness sets it to its `portway-cluster`), else `systemctl` in the node's container
     /// (kind's nodes run systemd).
@@ -937,6 +969,42 @@ pub async fn delete_service_and_wait(cluster: &Cluster, ns: &str, name: &str) ->
         Ok(()) => Ok(()),
         Err(e) => Err(format!("{e}\n{}", cluster.describe(ns, name).await)),
     }
+}
+
+/// A Service on the default pool (Pod dataplane, every worker) with a two-pod backend, served
+/// from every worker: its namespace, and the workers' published addresses.
+pub async fn served_on_workers(
+    cluster: &Cluster,
+    prefix: &str,
+    port: i32,
+    cleanup: &mut Cleanup,
+) -> R<(String, BTreeSet<IpAddr>)> {
+    let ns = namespace(cluster, prefix, cleanup).await?;
+    backend(cluster, &ns, "web", None, 2).await?;
+    let opts = ServiceOptions {
+        port,
+        local: false,
+        pool: None,
+        app: None,
+    };
+    service(cluster, &ns, "web", &opts).await?;
+    let workers = cluster.workers().await?;
+    let expected = expected_ingress(&workers, &cluster.families());
+    wait_ingress(cluster, &ns, "web", &expected, SERVE_TIMEOUT).await?;
+    for ip in &expected {
+        http_get_eventually(*ip, port, "/hostname", SERVE_TIMEOUT).await?;
+    }
+    Ok((ns, expected))
+}
+
+/// The operator Deployment's pods (by the chart's component label).
+pub async fn operator_pods(cluster: &Cluster) -> R<Vec<Pod>> {
+    cluster
+        .api::<Pod>(&cluster.namespace)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await
+        .map(|l| l.items)
+        .map_err(|e| format!("list operator pods: {e}"))
 }
 
 /// Runs a test body under [`TEST_BUDGET`] and turns its error into a panic with the message.
