@@ -17,8 +17,9 @@
 #    installs the chart with e2e/kind/values.yaml and a default ClusterCIDR equal to the variant's
 #    networking.podSubnet; waits until every node has a pod CIDR and is Ready (kindnet needs the
 #    CIDR first).
-# 5. Runs the Rust tests of e2e/tests/kind against the cluster: first all but the uninstall test,
-#    then `helm uninstall` and the check that nothing of Portway is left.
+# 5. Runs the Rust tests of e2e/tests/kind against the cluster: first all but the upgrade and
+#    uninstall tests; then, alone, the upgrade test (it restarts every agent and upgrades the
+#    release); then `helm uninstall` and the check that nothing of Portway is left.
 # 6. Deletes the cluster on exit (also on failure or Ctrl-C, after `kind export logs` on failure)
 #    unless PORTWAY_E2E_KEEP=1.
 #
@@ -231,10 +232,15 @@ run_tests() { # <log> <cargo test args...>: fails when a test failed or skipped
   fi
 }
 log "phase 1: the suite"
-run_tests "$work/phase1.log" --ignored --skip uninstall --test-threads="$threads" || die "phase 1 failed"
-log "phase 2: helm uninstall leaves nothing behind"
-PORTWAY_E2E_ALLOW_UNINSTALL=1 run_tests "$work/phase2.log" --ignored uninstall --test-threads=1 ||
+run_tests "$work/phase1.log" --ignored --skip uninstall --skip upgrades --test-threads="$threads" ||
+  die "phase 1 failed"
+log "phase 2: upgrades and restarts under traffic (alone: every agent restarts)"
+PORTWAY_E2E_ALLOW_UPGRADE=1 run_tests "$work/phase2.log" --ignored upgrades --test-threads=1 ||
   die "phase 2 failed"
+log "phase 3: helm uninstall leaves nothing behind"
+PORTWAY_E2E_ALLOW_UNINSTALL=1 run_tests "$work/phase3.log" --ignored uninstall --test-threads=1 ||
+  die "phase 3 failed"
 passed1=$(grep -cE '^test .* \.\.\. ok$' "$work/phase1.log" || true)
 passed2=$(grep -cE '^test .* \.\.\. ok$' "$work/phase2.log" || true)
-echo "PASS e2e ($variant): $((passed1 + passed2)) tests passed on kind cluster $cluster"
+passed3=$(grep -cE '^test .* \.\.\. ok$' "$work/phase3.log" || true)
+echo "PASS e2e ($variant): $((passed1 + passed2 + passed3)) tests passed on kind cluster $cluster"

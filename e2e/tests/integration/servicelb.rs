@@ -279,6 +279,8 @@ async fn load_balancer_service_lifecycle_with_the_real_operator() {
             ns.as_str(),
             "--service",
             "web",
+            "--dataplane",
+            "pod",
             "--metrics-addr",
             "0.0.0.0:9464"
         ]

@@ -15,6 +15,9 @@
 //! - `conflict`: two Services on one port give `PortConflict`.
 //! - `cidrs`: nodes' pod CIDRs come from the default ClusterCIDR, and pods use them.
 //! - `cleanup`: deleting a Service removes its DaemonSet and the agents' rules on the nodes.
+//! - `upgrades`: operator restart, agent rollout restart and `helm upgrade` to a new agent image
+//!   under traffic: 0 failed requests and long-lived connections kept in the Host dataplane, the
+//!   Pod dataplane's gap reported (run alone, before `uninstall`).
 //! - `uninstall`: `helm uninstall` leaves no Portway workload, object or rule (run last).
 //!
 //! What only a real cluster shows (names `serial_*`: they disturb nodes or the operator, so
@@ -43,4 +46,5 @@ mod support;
 mod traffic;
 mod traffic_policy;
 mod uninstall;
+mod upgrades;
 mod workflow;
