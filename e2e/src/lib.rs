@@ -3,7 +3,6 @@
 //! - [`envtest`]: a real kube-apiserver + etcd per test (`KUBEBUILDER_ASSETS`), with admin,
 //!   impersonating, certificate and service-account-token clients.
 //! - [`objects`]: Nodes, EndpointSlices, Services, ServiceAccounts and Pods that kubelets and
-//!   controllers would create in a real cluster.
 //! - [`apply`]: server-side apply of YAML folders (examples, rendered manifests).
 //! - [`wait`]: bounded waits (`await_condition` under a timeout, bounded polling).
 //! - [`report`]: skip and summary lines that libtest does not swallow.
@@ -17,6 +16,7 @@
 pub mod agent;
 pub mod apply;
 pub mod envtest;
+pub mod kind;
 pub mod objects;
 pub mod operator;
 pub mod report;
