@@ -375,7 +375,7 @@ mod tests {
         );
         assert!(
             k.args
-                .contains(&"--root-dir=/state/t/nodes/t-worker/kubelet".to_owned())
+                .contains(&"--root-dir=/state/t/n1/kubelet".to_owned())
         );
         let cp = kubelet(&s, s.control_plane(), Path::new("/k8s"));
         assert!(
@@ -384,7 +384,7 @@ mod tests {
         );
         assert_eq!(
             containerd(&s, w).args,
-            vec!["--config=/state/t/nodes/t-worker/containerd/config.toml".to_owned()]
+            vec!["--config=/state/t/n1/containerd/config.toml".to_owned()]
         );
         assert_eq!(netd(&s, Path::new("/x/portway-cluster")).node, None);
     }

@@ -139,19 +139,24 @@ pub fn down(record: &Record) -> Vec<String> {
     for s in &shim_sockets {
         let _ = std::fs::remove_file(s);
     }
+    // libcni caches per network and sandbox: ours (`pwc-<cluster>-<id>-eth0`) and containerd's
+    // loopback (`cni-loopback-<id>-lo`) for the sandboxes of these nodes.
     let net_name = format!("{}-", cni_network_name(spec));
+    let sandboxes = sandbox_ids(record);
     remove_entries(Path::new(CNI_CACHE), |p, _| {
-        p.file_name()
-            .is_some_and(|f| f.to_string_lossy().starts_with(&net_name))
+        p.file_name().is_some_and(|f| {
+            let f = f.to_string_lossy();
+            f.starts_with(&net_name) || sandboxes.iter().any(|id| f.contains(id.as_str()))
+        })
     });
     remove_entries(Path::new(CONTAINER_LOG_LINKS), |p, _| {
         std::fs::read_link(p).is_ok_and(|t| t.starts_with(&spec.state_dir))
     });
-    remove_entries(Path::new(SHIM_SOCKETS), |p, ft| {
-        ft.is_socket() && record.created_dirs.iter().any(|d| p.starts_with(d))
-    });
     for d in &record.created_dirs {
-        let _ = std::fs::remove_dir(d); // only when empty: something else may have moved in
+        // Only sockets (shims', kubelet's device-plugin socket), and the folder only when empty:
+        // something else may have moved in meanwhile.
+        remove_entries(d, |_, ft| ft.is_socket());
+        let _ = std::fs::remove_dir(d);
     }
     // 5. Network namespaces, links; cgroups.
     problems.extend(net::remove(spec));
@@ -184,6 +189,26 @@ pub fn down(record: &Record) -> Vec<String> {
     }
     problems.extend(leftovers(record));
     problems
+}
+
+/// The pod sandbox ids the nodes' containerd created (folder names of its CRI sandboxes).
+fn sandbox_ids(record: &Record) -> Vec<String> {
+    let spec = &record.spec;
+    spec.nodes
+        .iter()
+        .flat_map(|n| {
+            let dir = spec
+                .node_dir(n)
+                .join("containerd/root/io.containerd.grpc.v1.cri/sandboxes");
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|id| id.len() == 64)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 fn remove_entries(dir: &Path, pick: impl Fn(&Path, std::fs::FileType) -> bool) {

@@ -42,7 +42,7 @@ pub const K8S_BIN_ENV: &str = "PORTWAY_K8S_BIN";
 pub enum ClusterError {
     #[error("e2e/kind/{variant}.yaml: {why}")]
     Config { variant: &'static str, why: String },
-    #[error("cluster name {0:?}: use 1-40 lower-case letters, digits and '-'")]
+    #[error("cluster name {0:?}: use 1-32 lower-case letters, digits and '-'")]
     Name(String),
     #[error("{what}: {source}")]
     Io {

@@ -123,10 +123,13 @@ pub fn remove(spec: &ClusterSpec) -> Vec<String> {
                 left.push(e.to_string());
             }
         }
+        // The veth goes with its namespace, asynchronously: only one still there is a problem.
         let veth = node.host_veth();
         if link_exists(&veth) {
             if let Err(e) = run(&mut cmd("ip", ["link", "del", &veth])) {
-                left.push(e.to_string());
+                if link_exists(&veth) {
+                    left.push(e.to_string());
+                }
             }
         }
     }

@@ -163,6 +163,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   sandbox_image = "{sandbox_image}"
   netns_mounts_under_state_dir = true
   enable_selinux = false
+  # This machine's root lacks CAP_SYS_RESOURCE: a negative oom_score_adj (kubelet asks -998 for
+  # sandboxes) cannot be set, so runc would fail; keep scores at containerd's own or above.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -298,17 +301,14 @@ mod tests {
         assert_eq!(cp["cgroupRoot"], "/pwc-t-control-plane");
         assert_eq!(cp["failSwapOn"], false);
         assert_eq!(cp["clusterDNS"], json!(["10.96.0.10"]));
-        assert_eq!(
-            cp["staticPodPath"],
-            "/state/t/nodes/t-control-plane/manifests"
-        );
+        assert_eq!(cp["staticPodPath"], "/state/t/n0/manifests");
         assert_eq!(
             cp["registerWithTaints"][0]["key"],
             "node-role.kubernetes.io/control-plane"
         );
         assert_eq!(
             cp["containerRuntimeEndpoint"],
-            "unix:///state/t/nodes/t-control-plane/containerd/containerd.sock"
+            "unix:///state/t/n0/containerd.sock"
         );
         let w = kubelet_config(&s, &s.nodes[1]);
         assert!(w.get("staticPodPath").is_none());
@@ -335,13 +335,14 @@ mod tests {
         let s = spec(Variant::Ipv4);
         let c = containerd_config(&s, &s.nodes[1], "localhost/p:1");
         for want in [
-            "root = \"/state/t/nodes/t-worker/containerd/root\"",
-            "address = \"/state/t/nodes/t-worker/containerd/containerd.sock\"",
+            "root = \"/state/t/n1/containerd/root\"",
+            "address = \"/state/t/n1/containerd.sock\"",
             "sandbox_image = \"localhost/p:1\"",
             "SystemdCgroup = false",
-            "Root = \"/state/t/nodes/t-worker/containerd/runc\"",
+            "Root = \"/state/t/n1/containerd/runc\"",
             "netns_mounts_under_state_dir = true",
-            "conf_dir = \"/state/t/nodes/t-worker/cni/net.d\"",
+            "restrict_oom_score_adj = true",
+            "conf_dir = \"/state/t/n1/cni/net.d\"",
             "snapshotter = \"overlayfs\"",
         ] {
             assert!(c.contains(want), "{want} missing:\n{c}");
@@ -368,10 +369,7 @@ mod tests {
             bridge["ipam"]["routes"],
             json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
         );
-        assert_eq!(
-            bridge["ipam"]["dataDir"],
-            "/state/t/nodes/t-worker/cni/ipam"
-        );
+        assert_eq!(bridge["ipam"]["dataDir"], "/state/t/n1/cni/ipam");
         assert_eq!(
             c["plugins"][1],
             json!({"type": "portmap", "capabilities": {"portMappings": true}})

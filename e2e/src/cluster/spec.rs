@@ -258,11 +258,13 @@ impl ClusterSpec {
     pub fn dns_dir(&self) -> PathBuf {
         self.state_dir.join("dns")
     }
+    /// A node's folder, `n<index>`: short, because unix socket paths (containerd's, kubelet's
+    /// `pod-resources/kubelet.sock`) are limited to about 104 bytes.
     pub fn node_dir(&self, node: &NodeSpec) -> PathBuf {
-        self.state_dir.join("nodes").join(&node.name)
+        self.state_dir.join(format!("n{}", node.index))
     }
     pub fn containerd_socket(&self, node: &NodeSpec) -> PathBuf {
-        self.node_dir(node).join("containerd/containerd.sock")
+        self.node_dir(node).join("containerd.sock")
     }
     pub fn cni_conf_dir(&self, node: &NodeSpec) -> PathBuf {
         self.node_dir(node).join("cni/net.d")
@@ -320,11 +322,14 @@ pub fn nth_address(net: &IpNet, n: u32) -> Option<IpAddr> {
     }
 }
 
-/// Cluster names become Node names, namespace names and cgroup names: a DNS label, short enough
-/// that `pwc-<name>-control-plane` stays a reasonable file name.
+/// The longest cluster name: unix socket paths under the state folder must stay short.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Cluster names become Node names, namespace names, cgroup names and part of socket paths: a
+/// DNS label of at most [`MAX_NAME_LEN`] bytes.
 pub fn check_name(name: &str) -> Result<(), ClusterError> {
     let ok = !name.is_empty()
-        && name.len() <= 40
+        && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -429,8 +434,32 @@ mod tests {
     }
 
     #[test]
+    fn socket_paths_fit_for_the_longest_name() {
+        let config = Variant::DualStack
+            .config()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let name = "x".repeat(MAX_NAME_LEN);
+        let s = ClusterSpec::new(&name, Variant::DualStack, &config, Path::new(STATE_ROOT))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for node in &s.nodes {
+            let ttrpc = format!("{}.ttrpc", s.containerd_socket(node).display());
+            let kubelet = s.node_dir(node).join("kubelet/pod-resources/kubelet.sock");
+            // containerd refuses paths over 104 bytes; sun_path holds 107 and a NUL.
+            assert!(ttrpc.len() <= 104, "{ttrpc}");
+            assert!(kubelet.as_os_str().len() <= 104, "{}", kubelet.display());
+        }
+    }
+
+    #[test]
     fn names_must_be_dns_labels() {
-        for bad in ["", "Upper", "a_b", "-a", "a-", &"x".repeat(41)] {
+        for bad in [
+            "",
+            "Upper",
+            "a_b",
+            "-a",
+            "a-",
+            &"x".repeat(MAX_NAME_LEN + 1),
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_name("portway-e2e-dual-stack").is_ok());

@@ -23,14 +23,18 @@ pub const KUBELET_SYSCTLS: [&str; 6] = [
     "kernel/keys/root_maxbytes",
 ];
 
-/// Shared folders the nodes' tools write into, outside the state folder (libcni's cache,
-/// containerd's shim sockets, kubelet's container log links); `down` removes those it created.
-pub const SHARED_DIRS: [&str; 5] = [
+/// Shared folders the nodes' tools write into at fixed paths, outside the state folder: libcni's
+/// cache, containerd's shim sockets, kubelet's container log links and its device-plugin socket
+/// (which the three kubelets share: the last one started holds it; no device plugin is used).
+/// `down` removes its entries there, and the folders it created (children before parents).
+pub const SHARED_DIRS: [&str; 7] = [
     "/var/lib/cni/results",
     "/var/lib/cni",
     "/run/containerd/s",
     "/run/containerd",
     "/var/log/containers",
+    "/var/lib/kubelet/device-plugins",
+    "/var/lib/kubelet",
 ];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
