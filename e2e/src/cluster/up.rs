@@ -388,18 +388,17 @@ pub fn versions(k8s_bin: &Path) -> Vec<String> {
         "kube-scheduler",
         "kube-controller-manager",
     ] {
-        out.push(first_line(sys::cmd(
+        let v = first_line(sys::cmd(
             &k8s_bin.join(b).display().to_string(),
             ["--version"],
-        )));
+        ));
+        out.push(format!("{b}: {v}"));
     }
-    out.push(format!(
-        "etcd {}",
-        first_line(sys::cmd(
-            &k8s_bin.join("etcd").display().to_string(),
-            ["--version"]
-        ))
+    let etcd = first_line(sys::cmd(
+        &k8s_bin.join("etcd").display().to_string(),
+        ["--version"],
     ));
+    out.push(format!("etcd: {}", etcd.trim_start_matches("etcd ")));
     out.push(first_line(sys::cmd("containerd", ["--version"])));
     out.push(first_line(sys::cmd("runc", ["--version"])));
     out
