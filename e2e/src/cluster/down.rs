@@ -42,14 +42,15 @@ fn unescape(s: &str) -> String {
     while let Some(c) = chars.next() {
         if c == '\\' {
             let oct: String = chars.clone().take(3).collect();
-            if oct.len() == 3 && oct.chars().all(|d| ('0'..='7').contains(&d)) {
-                if let Ok(v) = u8::from_str_radix(&oct, 8) {
-                    out.push(char::from(v));
-                    for _ in 0..3 {
-                        chars.next();
-                    }
-                    continue;
+            if oct.len() == 3
+                && oct.chars().all(|d| ('0'..='7').contains(&d))
+                && let Ok(v) = u8::from_str_radix(&oct, 8)
+            {
+                out.push(char::from(v));
+                for _ in 0..3 {
+                    chars.next();
                 }
+                continue;
             }
         }
         out.push(c);
@@ -168,13 +169,10 @@ pub fn down(record: &Record) -> Vec<String> {
     // 6. kubelet's host sysctls back as they were.
     for (k, v) in &record.sysctls {
         let path = Path::new("/proc/sys").join(k);
-        if std::fs::read_to_string(&path)
-            .map(|c| c.trim() != v)
-            .unwrap_or(false)
+        if std::fs::read_to_string(&path).is_ok_and(|c| c.trim() != v)
+            && let Err(e) = std::fs::write(&path, v)
         {
-            if let Err(e) = std::fs::write(&path, v) {
-                problems.push(format!("restore {}={v}: {e}", path.display()));
-            }
+            problems.push(format!("restore {}={v}: {e}", path.display()));
         }
     }
     // 7. The state folder (only when nothing is mounted in it any more).
@@ -216,10 +214,10 @@ fn remove_entries(dir: &Path, pick: impl Fn(&Path, std::fs::FileType) -> bool) {
         return;
     };
     for e in entries.flatten() {
-        if let Ok(ft) = e.file_type() {
-            if pick(&e.path(), ft) {
-                let _ = std::fs::remove_file(e.path());
-            }
+        if let Ok(ft) = e.file_type()
+            && pick(&e.path(), ft)
+        {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

@@ -118,25 +118,24 @@ pub fn create_node(spec: &ClusterSpec, node: &NodeSpec) -> Result<()> {
 pub fn remove(spec: &ClusterSpec) -> Vec<String> {
     let mut left = Vec::new();
     for node in &spec.nodes {
-        if node.netns_path().exists() {
-            if let Err(e) = run(&mut cmd("ip", ["netns", "del", &node.netns()])) {
-                left.push(e.to_string());
-            }
+        if node.netns_path().exists()
+            && let Err(e) = run(&mut cmd("ip", ["netns", "del", &node.netns()]))
+        {
+            left.push(e.to_string());
         }
         // The veth goes with its namespace, asynchronously: only one still there is a problem.
         let veth = node.host_veth();
-        if link_exists(&veth) {
-            if let Err(e) = run(&mut cmd("ip", ["link", "del", &veth])) {
-                if link_exists(&veth) {
-                    left.push(e.to_string());
-                }
-            }
-        }
-    }
-    if link_exists(BRIDGE) {
-        if let Err(e) = run(&mut cmd("ip", ["link", "del", BRIDGE])) {
+        if link_exists(&veth)
+            && let Err(e) = run(&mut cmd("ip", ["link", "del", &veth]))
+            && link_exists(&veth)
+        {
             left.push(e.to_string());
         }
+    }
+    if link_exists(BRIDGE)
+        && let Err(e) = run(&mut cmd("ip", ["link", "del", BRIDGE]))
+    {
+        left.push(e.to_string());
     }
     left
 }

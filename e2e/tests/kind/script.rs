@@ -169,7 +169,9 @@ fn run_sh_local_cluster_skips_without_its_binaries_and_fails_when_required() {
     let empty = tempfile::tempdir().expect("temp dir");
     let empty_dir = empty.path().display().to_string();
     let no_etcd = format!("SKIP e2e (local ipv4): PORTWAY_K8S_BIN={empty_dir} has no etcd");
-    let cases: [(&str, Vec<(&str, &str)>, &str); 2] = [
+    // (what, environment, expected first line)
+    type EnvCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [EnvCase<'_>; 2] = [
         (
             "no PORTWAY_K8S_BIN",
             vec![],
