@@ -61,10 +61,11 @@ pub fn start(spec: &ClusterSpec, c: &Component) -> Result<u32> {
         .spawn()
         .map_err(ClusterError::io(format!("start {}", sys::show(&cmd))))?;
     let pid = child.id();
+    // The pid file first: whatever fails next, `down` can still find and stop the process.
+    sys::write(&pid_file(spec, &c.name), pid.to_string())?;
     if let Some(n) = node {
         cgroup::add(&n.daemon_cgroup(), pid)?;
     }
-    sys::write(&pid_file(spec, &c.name), pid.to_string())?;
     Ok(pid)
 }
 
