@@ -15,9 +15,8 @@
 //! network namespace: docs/node-agent.md, "Upgrades and restarts").
 //!
 //! It restarts every agent of the cluster, so it runs alone: e2e/run.sh gives it a phase of its
-//! own with `PORTWAY_E2E_ALLOW_UPGRADE=1`. The new tag is `PORTWAY_E2E_AGENT_UPGRADE_TAG` when
-//! set (an image already on every node), else `<current tag>-upgrade`, tagged on every node from
-//! the current image with containerd's `ctr` (kind's nodes have it).
+//! own with `PORTWAY_E2E_ALLOW_UPGRADE=1`. The new tag is `PORTWAY_E2E_NEXT_IMAGE_TAG`, which the
+//! runner loads into every node beside the installed one.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -293,30 +292,6 @@ async fn wait_rolled(cluster: &Cluster, daemonsets: &[String], image: Option<&st
     Ok(())
 }
 
-/// `docker.io/...` form of an image reference, as containerd names it.
-fn containerd_ref(image: &str) -> String {
-    let first = image.split('/').next().unwrap_or_default();
-    let has_registry =
-        image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    match (has_registry, image.contains('/')) {
-        (true, _) => image.to_owned(),
-        (false, true) => format!("docker.io/{image}"),
-        (false, false) => format!("docker.io/library/{image}"),
-    }
-}
-
-/// Puts the current agent image under `new_tag` on every node (kind: containerd's `ctr`).
-fn tag_on_nodes(cluster: &Cluster, nodes: &[String], image: &str, new_image: &str) -> R<()> {
-    let (from, to) = (containerd_ref(image), containerd_ref(new_image));
-    for node in nodes {
-        cluster.node_exec(
-            node,
-            &format!("ctr -n k8s.io images tag --force {from} {to} >/dev/null"),
-        )?;
-    }
-    Ok(())
-}
-
 /// Restores the agent image tag when the test ends early.
 struct RestoreTag {
     kubeconfig: std::path::PathBuf,
@@ -498,23 +473,7 @@ async fn rollout_restart_and_helm_upgrade_drop_no_host_traffic() {
         problems.extend(p);
 
         // 3. helm upgrade to a new agent image tag (and the operator with it), then back.
-        let new_tag = match std::env::var("PORTWAY_E2E_AGENT_UPGRADE_TAG") {
-            Ok(t) if !t.is_empty() => t,
-            _ => {
-                let t = format!("{old_tag}-upgrade");
-                let nodes = cluster
-                    .all::<k8s_openapi::api::core::v1::Node>()
-                    .list(&Default::default())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .iter()
-                    .map(name_of)
-                    .collect::<Vec<_>>();
-                tag_on_nodes(&cluster, &nodes, &image, &format!("{repository}:{t}"))?;
-                t
-            }
-        };
+        let new_tag = cluster.next_image_tag()?;
         let new_image = format!("{repository}:{new_tag}");
         restore.tag = Some(old_tag.clone());
         let r = under_traffic(&targets, || async {
