@@ -140,6 +140,9 @@ done
 chart_args=("$release" "$repo/charts/portway" --namespace "$namespace"
   --values "$values" --set-string "image.tag=$tag" --set-string "agent.image.tag=$tag"
   --set-string "clusterCIDR.default.ipv4=$cidr_v4" --set-string "clusterCIDR.default.ipv6=$cidr_v6")
+# IPv6 Services in the Pod dataplane need net.ipv6.conf.all.forwarding in the agent pods, which
+# the IPv6 variants' kubelets allow (their KubeletConfiguration patch); docs/install.md.
+if [ -n "$cidr_v6" ]; then chart_args+=(--set agent.forwardingSysctls=true); fi
 if [ "$print_plan" = 1 ]; then # what a run would use, for e2e/tests/kind (no tools needed)
   printf 'config=%s\ncluster=%s\npod_subnet=%s\ncidr_v4=%s\ncidr_v6=%s\n' \
     "$config" "$cluster" "$pod_subnet" "$cidr_v4" "$cidr_v6"

@@ -285,3 +285,22 @@ pub fn controller_manager_args(patches: &[Value]) -> BTreeMap<String, String> {
     }
     args
 }
+
+/// The sysctls kubelets may set in pods although Kubernetes counts them unsafe
+/// (`KubeletConfiguration.allowedUnsafeSysctls`), from the patches' KubeletConfiguration.
+pub fn kubelet_allowed_unsafe_sysctls(patches: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = patches
+        .iter()
+        .filter(|p| p["kind"] == "KubeletConfiguration")
+        .flat_map(|p| {
+            p["allowedUnsafeSysctls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

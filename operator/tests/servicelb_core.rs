@@ -711,7 +711,7 @@ fn daemonset_follows_contract() {
             "--dataplane",
             "pod",
             "--metrics-addr",
-            "0.0.0.0:9464"
+            "[::]:9464"
         ])
     );
     assert_eq!(

@@ -104,6 +104,9 @@ pub fn kubelet_config(spec: &ClusterSpec, node: &NodeSpec) -> Value {
     if node.is_control_plane() {
         config["staticPodPath"] = json!(spec.static_pod_dir(node));
     }
+    if !spec.allowed_unsafe_sysctls.is_empty() {
+        config["allowedUnsafeSysctls"] = json!(spec.allowed_unsafe_sysctls);
+    }
     config
 }
 
@@ -318,6 +321,33 @@ mod tests {
             kubelet_config(&spec(Variant::Ipv6), &s.nodes[1])["address"],
             "::"
         );
+    }
+
+    /// The IPv6 variants' kind configs let kubelets allow the forwarding sysctls that IPv6
+    /// Pod-dataplane agents need; the harness follows the config like kind does.
+    #[test]
+    fn kubelets_allow_the_unsafe_sysctls_the_kind_config_allows() {
+        for (variant, want) in [
+            (Variant::Ipv4, json!(null)),
+            (
+                Variant::DualStack,
+                json!(["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]),
+            ),
+            (
+                Variant::Ipv6,
+                json!(["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]),
+            ),
+        ] {
+            let s = spec(variant);
+            for node in &s.nodes {
+                assert_eq!(
+                    kubelet_config(&s, node)["allowedUnsafeSysctls"],
+                    want,
+                    "{}",
+                    variant.name()
+                );
+            }
+        }
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
     pub pod_subnets: Vec<IpNet>,
     pub service_subnets: Vec<IpNet>,
+    /// `allowedUnsafeSysctls` of the kind config's KubeletConfiguration patch.
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// `state_root/<name>`.
     pub state_dir: PathBuf,
 }
@@ -123,6 +125,9 @@ impl ClusterSpec {
         let family = config.networking.ip_family.unwrap_or(IpFamilyConfig::Ipv4);
         let pod_subnets = config.pod_subnets().map_err(invalid)?;
         let service_subnets = config.service_subnets().map_err(invalid)?;
+        let allowed_unsafe_sysctls = crate::kind::kubelet_allowed_unsafe_sysctls(
+            &config.kubeadm_patches().map_err(invalid)?,
+        );
         let mut nodes = Vec::new();
         let mut workers = 0;
         for (index, n) in config.nodes.iter().enumerate() {
@@ -166,6 +171,7 @@ impl ClusterSpec {
             nodes,
             pod_subnets,
             service_subnets,
+            allowed_unsafe_sysctls,
             state_dir: state_root.join(name),
         })
     }

@@ -282,7 +282,7 @@ async fn load_balancer_service_lifecycle_with_the_real_operator() {
             "--dataplane",
             "pod",
             "--metrics-addr",
-            "0.0.0.0:9464"
+            "[::]:9464"
         ]
     );
     let mut host_ports: Vec<(String, i32, i32, String)> = agent

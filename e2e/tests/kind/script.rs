@@ -357,6 +357,21 @@ fn run_sh_installs_a_default_cluster_cidr_equal_to_each_pod_subnet() {
             "{name}"
         );
         assert_eq!(pod["containers"][0]["imagePullPolicy"], "Never", "{name}");
+        // IPv6 Services in the Pod dataplane need the forwarding sysctl in the agent pods; the
+        // variant's kubelets must allow what the chart then asks for.
+        let sysctls = args.contains(&"--agent-forwarding-sysctls=true");
+        assert_eq!(sysctls, variant.has_v6(), "{name}: {args:?}");
+        let allowed = portway_e2e::kind::kubelet_allowed_unsafe_sysctls(
+            &config.kubeadm_patches().expect("patches"),
+        );
+        if sysctls {
+            for s in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+                assert!(
+                    allowed.iter().any(|a| a == s),
+                    "{name}: kubelets do not allow {s}"
+                );
+            }
+        }
         // The chicken-and-egg: the operator must start before any node is Ready.
         assert_eq!(pod["hostNetwork"], true, "{name}");
         let tolerates_not_ready = pod["tolerations"]

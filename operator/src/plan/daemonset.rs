@@ -166,7 +166,8 @@ pub fn build(
         })
         .collect();
     if !host {
-        args.extend(["--metrics-addr".to_owned(), "0.0.0.0:9464".to_owned()]);
+        // Both families: a probe or a scrape of an IPv6-only pod must reach it too.
+        args.extend(["--metrics-addr".to_owned(), "[::]:9464".to_owned()]);
         ports.push(ContainerPort {
             name: Some("metrics".to_owned()),
             container_port: AGENT_METRICS_PORT,
