@@ -49,11 +49,31 @@ pub fn respond(target: &str, hostname: &str, peer: SocketAddr) -> (u16, String) 
     }
 }
 
-/// A complete HTTP/1.1 response that closes the connection.
-pub fn response(status: u16, body: &str) -> String {
+/// Whether the client wants the connection kept after this request, as Go's net/http decides:
+/// HTTP/1.1 keeps it unless `Connection: close`; HTTP/1.0 closes it unless
+/// `Connection: keep-alive`.
+pub fn keep_alive(head: &str) -> bool {
+    let mut lines = head.lines();
+    let http11 = lines
+        .next()
+        .is_some_and(|l| l.trim_end().ends_with("HTTP/1.1"));
+    let connection = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("connection"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase());
+    match connection.as_deref() {
+        Some("close") => false,
+        Some("keep-alive") => true,
+        _ => http11,
+    }
+}
+
+/// A complete HTTP/1.1 response; `keep` leaves the connection open for the next request.
+pub fn response(status: u16, body: &str, keep: bool) -> String {
     let reason = if status == 200 { "OK" } else { "Not Found" };
+    let connection = if keep { "keep-alive" } else { "close" };
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
         body.len()
     )
 }
@@ -99,11 +119,29 @@ mod tests {
         );
         assert_eq!(request_path("POST / HTTP/1.1\r\n"), None);
         assert_eq!(request_path("GET / SMTP\r\n"), None);
-        let r = response(200, "abc");
+        let r = response(200, "abc", false);
         assert!(
             r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nabc"),
             "{r}"
         );
         assert!(r.contains("Content-Length: 3\r\n"), "{r}");
+    }
+
+    /// Go's net/http keeps HTTP/1.1 connections unless asked to close them, and closes HTTP/1.0
+    /// ones unless asked to keep them; the upgrade test holds a keep-alive connection open across
+    /// an agent replacement.
+    #[test]
+    fn keep_alive_follows_the_version_and_the_connection_header() {
+        for (head, keep) in [
+            ("GET / HTTP/1.1\r\nHost: x\r\n", true),
+            ("GET / HTTP/1.1\r\nConnection: close\r\n", false),
+            ("GET / HTTP/1.1\r\nconnection: Close\r\n", false),
+            ("GET / HTTP/1.0\r\nHost: x\r\n", false),
+            ("GET / HTTP/1.0\r\nConnection: keep-alive\r\n", true),
+        ] {
+            assert_eq!(keep_alive(head), keep, "{head:?}");
+        }
+        assert!(response(200, "", true).contains("Connection: keep-alive\r\n"));
+        assert!(response(200, "", false).contains("Connection: close\r\n"));
     }
 }

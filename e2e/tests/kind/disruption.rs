@@ -22,7 +22,7 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Pace of the request loops.
 const EVERY: Duration = Duration::from_millis(100);
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster: e2e/run.sh"]
 async fn serial_stopped_kubelet_takes_the_node_out_of_the_ingress_until_it_returns() {
     const TEST: &str = "serial_stopped_kubelet_takes_the_node_out_of_the_ingress_until_it_returns";
@@ -44,14 +44,14 @@ async fn serial_stopped_kubelet_takes_the_node_out_of_the_ingress_until_it_retur
         let mut restore = NodeRestore::new(&cluster, &name_of(&b));
         restore.start_kubelet();
         let stopped = Instant::now();
-        cluster.kubelet(&name_of(&b), KubeletAction::Stop)?;
+        cluster.kubelet(&name_of(&b), KubeletAction::Stop).await?;
         let load = RequestLoop::start(&on_a.iter().copied().collect::<Vec<_>>(), port, "/hostname", EVERY);
         wait_node_ready(&cluster, &name_of(&b), false, NODE_TIMEOUT).await?;
         let not_ready = stopped.elapsed();
         wait_ingress(&cluster, &ns, "web", &on_a, SERVE_TIMEOUT).await?;
         let withdrawn = stopped.elapsed();
 
-        cluster.kubelet(&name_of(&b), KubeletAction::Start)?;
+        cluster.kubelet(&name_of(&b), KubeletAction::Start).await?;
         let started = Instant::now();
         wait_node_ready(&cluster, &name_of(&b), true, NODE_TIMEOUT).await?;
         let ready = started.elapsed();
@@ -84,7 +84,7 @@ async fn serial_stopped_kubelet_takes_the_node_out_of_the_ingress_until_it_retur
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster: e2e/run.sh"]
 async fn serial_cordoned_and_drained_node_keeps_serving_through_its_agent() {
     const TEST: &str = "serial_cordoned_and_drained_node_keeps_serving_through_its_agent";
@@ -102,9 +102,11 @@ async fn serial_cordoned_and_drained_node_keeps_serving_through_its_agent() {
         restore.uncordon();
         let started = Instant::now();
         // Drain evicts the backend's pods from worker a; the agent is a DaemonSet pod and stays.
-        cluster.kubectl(&[
-            "drain", &a, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=180s",
-        ])?;
+        cluster
+            .kubectl(&[
+                "drain", &a, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=180s",
+            ])
+            .await?;
         let drained = started.elapsed();
         wait_backend(&cluster, &ns, "web", 2).await?;
         let pods = backend_pods(&cluster, &ns, "web").await?;
@@ -128,7 +130,7 @@ async fn serial_cordoned_and_drained_node_keeps_serving_through_its_agent() {
         for ip in &all {
             http_get(*ip, port, "/hostname").await?;
         }
-        cluster.kubectl(&["uncordon", &a])?;
+        cluster.kubectl(&["uncordon", &a]).await?;
         restore.done();
         report::line(&format!(
             "cluster drain ({}): {a} drained in {:.1}s, its backend pods moved, its agent stayed; ingress unchanged; {} of {} requests answered during the drain ({})",
@@ -153,7 +155,7 @@ async fn serial_cordoned_and_drained_node_keeps_serving_through_its_agent() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster: e2e/run.sh"]
 async fn serial_operator_pod_deleted_under_load_loses_no_request() {
     const TEST: &str = "serial_operator_pod_deleted_under_load_loses_no_request";

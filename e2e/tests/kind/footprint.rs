@@ -1,6 +1,8 @@
-//! What Portway costs a node: the resident memory of every Portway process (the operator and
-//! every agent) with 20 LoadBalancer Services served, as each node's kubelet measures its
-//! containers (the Summary API, `rssBytes`), printed per process kind and per node.
+//! What Portway costs a node: the resident memory (`VmRSS`) of every Portway process (the
+//! operator and every agent) with 20 LoadBalancer Services served, read from `/proc` on each
+//! node and tied to its pod through the pod UID in the process's cgroup, printed per process
+//! kind and per node. (The kubelet's Summary API is not used: with containerd outside the
+//! default socket, as on the local cluster, cAdvisor reports no per-container memory.)
 
 use std::collections::BTreeMap;
 
@@ -8,7 +10,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use portway_crds::names;
 use portway_e2e::report;
-use serde_json::Value;
 
 use crate::support::*;
 use crate::traffic::median;
@@ -18,39 +19,29 @@ const SERVICES: i32 = 20;
 const FIRST_PORT: i32 = 18200;
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// `rssBytes` of every container of every pod on `node`, by (namespace, pod name).
-async fn pod_rss(cluster: &Cluster, node: &str) -> R<BTreeMap<(String, String), u64>> {
-    let request = http::Request::get(format!("/api/v1/nodes/{node}/proxy/stats/summary"))
-        .body(Vec::new())
-        .map_err(|e| e.to_string())?;
-    let text = cluster
-        .client
-        .request_text(request)
-        .await
-        .map_err(|e| format!("kubelet Summary API of {node}: {e}"))?;
-    let summary: Value =
-        serde_json::from_str(&text).map_err(|e| format!("Summary API of {node}: {e}"))?;
-    let mut out = BTreeMap::new();
-    for pod in summary["pods"].as_array().into_iter().flatten() {
-        let key = (
-            pod["podRef"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            pod["podRef"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-        let rss: u64 = pod["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["memory"]["rssBytes"].as_u64())
-            .sum();
-        out.insert(key, rss);
-    }
-    Ok(out)
+/// For every process named `portway` (the operator) or `portway-agent` visible on `node`:
+/// (pid, pod UID, VmRSS in bytes), the UID taken from the process's cgroup path (`pod<uid>` with
+/// dashes under cgroupfs, underscores under systemd). A kind node sees its own processes; the
+/// local cluster's nodes share the host's, so the same process may be seen from several nodes.
+fn portway_processes(cluster: &Cluster, node: &str) -> R<Vec<(u32, String, u64)>> {
+    let script = r#"for p in /proc/[0-9]*; do
+  c=$(cat "$p/comm" 2>/dev/null) || continue
+  case "$c" in portway|portway-agent) ;; *) continue ;; esac
+  rss=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB$/\1/p' "$p/status" 2>/dev/null)
+  pod=$(grep -o 'pod[0-9a-f_-]\{36\}' "$p/cgroup" 2>/dev/null | head -n 1)
+  echo "${p#/proc/} ${pod#pod} ${rss:-0}"
+done"#;
+    let out = cluster.node_exec(node, script)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let pid: u32 = fields.next()?.parse().ok()?;
+            let uid = fields.next()?;
+            let kib: u64 = fields.next()?.parse().ok()?;
+            Some((pid, uid.replace('_', "-"), kib * 1024))
+        })
+        .collect())
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -58,7 +49,7 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster: e2e/run.sh"]
 async fn serial_footprint_of_every_portway_process_with_20_services() {
     const TEST: &str = "serial_footprint_of_every_portway_process_with_20_services";
@@ -105,26 +96,35 @@ async fn serial_footprint_of_every_portway_process_with_20_services() {
                 .and_then(|l| l.get("app.kubernetes.io/component"))
                 .is_some_and(|c| c == "operator")
         };
-        let mut rss_by_node: BTreeMap<String, BTreeMap<(String, String), u64>> = BTreeMap::new();
+        // Resident memory by pod UID, from every node's /proc (a pod's processes summed).
+        let mut rss_by_uid: BTreeMap<String, u64> = BTreeMap::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let nodes = cluster
+            .all::<k8s_openapi::api::core::v1::Node>()
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("list nodes: {e}"))?;
+        for n in &nodes.items {
+            for (pid, uid, rss) in portway_processes(&cluster, &name_of(n))? {
+                // The same process seen from two nodes sharing a PID namespace counts once (kind
+                // nodes have PID namespaces of their own: a pid alone is not unique there).
+                if seen.insert((pid, uid.clone())) {
+                    *rss_by_uid.entry(uid).or_default() += rss;
+                }
+            }
+        }
         let mut agents = Vec::new();
         let mut operators = Vec::new();
         let mut per_node: BTreeMap<String, u64> = BTreeMap::new();
         for p in &pods.items {
-            let (Some(name), Some(node)) = (
+            let (Some(name), Some(uid), Some(node)) = (
                 p.metadata.name.clone(),
+                p.metadata.uid.clone(),
                 p.spec.as_ref().and_then(|s| s.node_name.clone()),
             ) else {
                 continue;
             };
-            if !rss_by_node.contains_key(&node) {
-                let rss = pod_rss(&cluster, &node).await?;
-                rss_by_node.insert(node.clone(), rss);
-            }
-            let rss = rss_by_node
-                .get(&node)
-                .and_then(|m| m.get(&(cluster.namespace.clone(), name.clone())))
-                .copied()
-                .unwrap_or(0);
+            let rss = rss_by_uid.get(&uid).copied().unwrap_or(0);
             if is_operator(p) {
                 operators.push((name, node, rss));
             } else if agent_of_ns(p) {
@@ -142,7 +142,7 @@ async fn serial_footprint_of_every_portway_process_with_20_services() {
         }
         if let Some((name, node, _)) = agents.iter().chain(&operators).find(|(_, _, r)| *r == 0) {
             return Err(format!(
-                "the kubelet of {node} reports no rssBytes for {name}: cannot measure"
+                "no Portway process of pod {name} found in /proc on {node}: cannot measure"
             ));
         }
         let agent_mib: Vec<f64> = agents.iter().map(|(_, _, r)| mib(*r)).collect();

@@ -15,7 +15,7 @@ use crate::traffic::RequestLoop;
 
 const DEPLOYMENT: &str = "portway-operator";
 const LEASE: &str = "portway-operator";
-/// `helm upgrade --wait` and `kubectl rollout status` bounds.
+/// `kubectl rollout status` bound.
 const ROLLOUT_TIMEOUT: &str = "240s";
 
 /// The Lease holder's pod (the identity is `<pod name>_<pid>`).
@@ -61,7 +61,6 @@ async fn wait_new_leader(cluster: &Cluster, old: &BTreeSet<String>, replicas: us
 /// The operator image and replica count the chart installed, put back at the end.
 struct Restore {
     cluster: Cluster,
-    chart: String,
     tag: String,
     replicas: i32,
     armed: bool,
@@ -70,29 +69,16 @@ struct Restore {
 impl Drop for Restore {
     fn drop(&mut self) {
         if self.armed {
-            let release = self.cluster.release();
-            let set = format!("image.tag={}", self.tag);
+            let tag = format!("image.tag={}", self.tag);
             let replicas = format!("operator.replicas={}", self.replicas);
-            let _ = self.cluster.helm(&[
-                "upgrade",
-                &release,
-                &self.chart,
-                "--namespace",
-                &self.cluster.namespace,
-                "--reuse-values",
-                "--set-string",
-                &set,
-                "--set",
-                &replicas,
-                "--wait",
-                "--timeout",
-                ROLLOUT_TIMEOUT,
-            ]);
+            let _ = self
+                .cluster
+                .helm_upgrade_blocking(&["--set-string", &tag, "--set", &replicas]);
         }
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster: e2e/run.sh"]
 async fn serial_operator_rollouts_finish_and_hand_the_lease_over() {
     const TEST: &str = "serial_operator_rollouts_finish_and_hand_the_lease_over";
@@ -102,9 +88,6 @@ async fn serial_operator_rollouts_finish_and_hand_the_lease_over() {
     let mut cleanup = Cleanup::new(&cluster);
     run(TEST, async {
         let next = cluster.next_image_tag()?;
-        let chart = portway_e2e::envtest::workspace_root().join("charts/portway");
-        let chart = chart.to_string_lossy().into_owned();
-        let release = cluster.release();
         let deploy = cluster
             .api::<Deployment>(&cluster.namespace)
             .get(DEPLOYMENT)
@@ -122,7 +105,6 @@ async fn serial_operator_rollouts_finish_and_hand_the_lease_over() {
             .ok_or_else(|| format!("operator image {image} has no tag"))?;
         let mut restore = Restore {
             cluster: cluster.clone(),
-            chart: chart.clone(),
             tag: tag.to_owned(),
             replicas: deploy.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
             armed: true,
@@ -138,38 +120,31 @@ async fn serial_operator_rollouts_finish_and_hand_the_lease_over() {
         );
         let ns = cluster.namespace.clone();
         let deployment = format!("deployment/{DEPLOYMENT}");
-        let upgrade = |sets: &[String]| {
-            let mut args: Vec<String> = [
-                "upgrade", &release, &chart, "--namespace", &ns, "--reuse-values", "--wait",
-                "--timeout", ROLLOUT_TIMEOUT,
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            args.extend(sets.iter().cloned());
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            cluster.helm(&refs).map(|_| ())
-        };
         let mut lines = Vec::new();
         for replicas in [1usize, 2] {
-            upgrade(&["--set".into(), format!("operator.replicas={replicas}")])?;
+            let set = format!("operator.replicas={replicas}");
+            cluster.helm_upgrade(&["--set", &set]).await?;
             let before = ready_operator_pods(&cluster).await?;
             wait_new_leader(&cluster, &BTreeSet::new(), replicas).await?;
 
             // kubectl rollout restart: the rollout finishes, a new pod leads.
             let old = ready_operator_pods(&cluster).await?;
             let started = Instant::now();
-            cluster.kubectl(&["-n", &ns, "rollout", "restart", &deployment])?;
-            cluster.kubectl(&[
-                "-n", &ns, "rollout", "status", &deployment, &format!("--timeout={ROLLOUT_TIMEOUT}"),
-            ])?;
+            cluster
+                .kubectl(&["-n", &ns, "rollout", "restart", &deployment])
+                .await?;
+            let bound = format!("--timeout={ROLLOUT_TIMEOUT}");
+            cluster
+                .kubectl(&["-n", &ns, "rollout", "status", &deployment, &bound])
+                .await?;
             let leader = wait_new_leader(&cluster, &old, replicas).await?;
             let restarted = started.elapsed();
 
             // helm upgrade --wait to a new operator image: finishes, a pod of that image leads.
             let old = ready_operator_pods(&cluster).await?;
             let started = Instant::now();
-            upgrade(&["--set-string".into(), format!("image.tag={next}")])?;
+            let set = format!("image.tag={next}");
+            cluster.helm_upgrade(&["--set-string", &set]).await?;
             let upgraded_leader = wait_new_leader(&cluster, &old, replicas).await?;
             let upgraded = started.elapsed();
             let pods = operator_pods(&cluster).await?;
@@ -189,7 +164,8 @@ async fn serial_operator_rollouts_finish_and_hand_the_lease_over() {
             }
             // And back, the same way.
             let old = ready_operator_pods(&cluster).await?;
-            upgrade(&["--set-string".into(), format!("image.tag={tag}")])?;
+            let set = format!("image.tag={tag}");
+            cluster.helm_upgrade(&["--set-string", &set]).await?;
             wait_new_leader(&cluster, &old, replicas).await?;
             lines.push(format!(
                 "{replicas} replica(s) (before: {} ready): rollout restart {:.1}s -> leader {leader}; helm upgrade --wait to :{next} {:.1}s -> leader {upgraded_leader}",
@@ -198,7 +174,8 @@ async fn serial_operator_rollouts_finish_and_hand_the_lease_over() {
                 upgraded.as_secs_f64(),
             ));
         }
-        upgrade(&["--set".into(), format!("operator.replicas={}", restore.replicas)])?;
+        let set = format!("operator.replicas={}", restore.replicas);
+        cluster.helm_upgrade(&["--set", &set]).await?;
         restore.armed = false;
         let during = load.stop().await;
         if during.failed() > 0 {

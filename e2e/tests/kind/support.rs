@@ -33,6 +33,8 @@ pub type R<T> = Result<T, String>;
 pub const SERVE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long clean-up (DaemonSet, agent pods, rules) may take; agents have 30 s of grace.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound of one `helm upgrade --wait`.
+pub const HELM_TIMEOUT: &str = "5m";
 /// Overall budget of one test.
 pub const TEST_BUDGET: Duration = Duration::from_secs(600);
 /// The backend's HTTP port (agnhost netexec).
@@ -141,7 +143,7 @@ impl Cluster {
     /// Runs a shell script in a node's container (`docker exec`; kind's nodes are containers named
     /// like their Node objects).
     pub fn node_exec(&self, node: &str, script: &str) -> R<String> {
-        let out = Command::new(std::env::var("PORTWAY_E2E_NODE_EXEC").unwrap_or("docker".into()))
+        let out = Command::new(node_exec_program())
             .args(["exec", node, "sh", "-c", script])
             .output()
             .map_err(|e| format!("docker exec {node}: {e}"))?;
@@ -155,41 +157,80 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `kubectl <args>` against the cluster under test: its stdout, or what went wrong.
-    pub fn kubectl(&self, args: &[&str]) -> R<String> {
+    /// `kubectl <args>` against the cluster under test: its stdout, or what went wrong. Async, so
+    /// a request loop on the same runtime keeps going while kubectl waits (a drain, a rollout).
+    pub async fn kubectl(&self, args: &[&str]) -> R<String> {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        let out = cmd.output().await;
+        command_output("kubectl", args, out)
+    }
+
+    /// [`Cluster::kubectl`] for `Drop` guards, where nothing else runs any more.
+    pub fn kubectl_blocking(&self, args: &[&str]) -> R<String> {
         let out = Command::new("kubectl")
             .env("KUBECONFIG", &self.kubeconfig)
             .args(args)
-            .output()
-            .map_err(|e| format!("kubectl {}: {e}", args.join(" ")))?;
-        if !out.status.success() {
-            return Err(format!(
-                "kubectl {}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .output();
+        command_output("kubectl", args, out)
     }
 
     /// `helm <args>` (`$PORTWAY_E2E_HELM`, else `helm` on PATH) against the cluster under test.
-    pub fn helm(&self, args: &[&str]) -> R<String> {
-        let helm = std::env::var("PORTWAY_E2E_HELM").unwrap_or_else(|_| "helm".to_owned());
+    pub async fn helm(&self, args: &[&str]) -> R<String> {
+        let helm = helm_program();
+        let mut cmd = tokio::process::Command::new(&helm);
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        let out = cmd.output().await;
+        command_output(&helm, args, out)
+    }
+
+    /// [`Cluster::helm`] for `Drop` guards.
+    pub fn helm_blocking(&self, args: &[&str]) -> R<String> {
+        let helm = helm_program();
         let out = Command::new(&helm)
             .env("KUBECONFIG", &self.kubeconfig)
             .args(args)
-            .output()
-            .map_err(|e| format!("{helm} {}: {e}", args.join(" ")))?;
-        if !out.status.success() {
-            return Err(format!(
-                "helm {}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .output();
+        command_output(&helm, args, out)
+    }
+
+    /// `helm upgrade --reuse-values --wait` of the release under test with the chart of this
+    /// checkout and `sets` (e.g. `["--set-string", "image.tag=x"]`).
+    pub async fn helm_upgrade(&self, sets: &[&str]) -> R<()> {
+        let args = self.helm_upgrade_args(sets);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.helm(&refs).await.map(|_| ())
+    }
+
+    /// [`Cluster::helm_upgrade`] for `Drop` guards.
+    pub fn helm_upgrade_blocking(&self, sets: &[&str]) -> R<()> {
+        let args = self.helm_upgrade_args(sets);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.helm_blocking(&refs).map(|_| ())
+    }
+
+    fn helm_upgrade_args(&self, sets: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "upgrade".into(),
+            self.release(),
+            self.chart(),
+            "--namespace".into(),
+            self.namespace.clone(),
+            "--reuse-values".into(),
+            "--wait".into(),
+            "--timeout".into(),
+            HELM_TIMEOUT.into(),
+        ];
+        args.extend(sets.iter().map(|s| (*s).to_owned()));
+        args
+    }
+
+    /// The chart in this checkout, for `helm upgrade`.
+    pub fn chart(&self) -> String {
+        portway_e2e::envtest::workspace_root()
+            .join("charts/portway")
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// The Helm release of Portway under test (`$PORTWAY_E2E_RELEASE`, default `portway`).
@@ -207,31 +248,23 @@ impl Cluster {
 
     /// Stops or starts a node's kubelet: `$PORTWAY_E2E_NODE_CTL kubelet stop|start <node>` (the
     /// local harness sets it to its `portway-cluster`), else `systemctl` in the node's container
-    /// (kind's nodes run systemd).
-    pub fn kubelet(&self, node: &str, action: KubeletAction) -> R<()> {
-        let verb = match action {
-            KubeletAction::Stop => "stop",
-            KubeletAction::Start => "start",
-        };
-        match std::env::var_os("PORTWAY_E2E_NODE_CTL") {
-            Some(ctl) => {
-                let out = Command::new(&ctl)
-                    .args(["kubelet", verb, node])
-                    .output()
-                    .map_err(|e| format!("{} kubelet {verb} {node}: {e}", ctl.to_string_lossy()))?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "{} kubelet {verb} {node}: {}",
-                        ctl.to_string_lossy(),
-                        String::from_utf8_lossy(&out.stderr)
-                    ));
-                }
-                Ok(())
-            }
-            None => self
-                .node_exec(node, &format!("systemctl {verb} kubelet"))
-                .map(|_| ()),
-        }
+    /// (kind's nodes run systemd), through the node-exec program.
+    pub async fn kubelet(&self, node: &str, action: KubeletAction) -> R<()> {
+        let (program, args) = kubelet_command(node, action);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = tokio::process::Command::new(&program)
+            .args(&refs)
+            .output()
+            .await;
+        command_output(&program, &refs, out).map(|_| ())
+    }
+
+    /// [`Cluster::kubelet`] for `Drop` guards.
+    fn kubelet_blocking(&self, node: &str, action: KubeletAction) -> R<()> {
+        let (program, args) = kubelet_command(node, action);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = Command::new(&program).args(&refs).output();
+        command_output(&program, &refs, out).map(|_| ())
     }
 
     /// Every iptables rule and chain declaration in a node's network namespace, of both families
@@ -463,6 +496,51 @@ pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Con
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// The program and arguments that stop or start a node's kubelet (see [`Cluster::kubelet`]).
+fn kubelet_command(node: &str, action: KubeletAction) -> (String, Vec<String>) {
+    let verb = match action {
+        KubeletAction::Stop => "stop",
+        KubeletAction::Start => "start",
+    };
+    match std::env::var("PORTWAY_E2E_NODE_CTL") {
+        Ok(ctl) => (ctl, ["kubelet", verb, node].map(str::to_owned).to_vec()),
+        Err(_) => (
+            node_exec_program(),
+            ["exec", node, "systemctl", verb, "kubelet"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
+    }
+}
+
+/// `$PORTWAY_E2E_NODE_EXEC` (called as `<program> exec <node> <command...>`), else `docker`.
+fn node_exec_program() -> String {
+    std::env::var("PORTWAY_E2E_NODE_EXEC").unwrap_or_else(|_| "docker".to_owned())
+}
+
+/// `$PORTWAY_E2E_HELM`, else `helm` on PATH.
+fn helm_program() -> String {
+    std::env::var("PORTWAY_E2E_HELM").unwrap_or_else(|_| "helm".to_owned())
+}
+
+/// A finished command's stdout, or what went wrong (the command, its output).
+fn command_output(
+    program: &str,
+    args: &[&str],
+    out: std::io::Result<std::process::Output>,
+) -> R<String> {
+    let out = out.map_err(|e| format!("{program} {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// What [`Cluster::kubelet`] does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KubeletAction {
@@ -509,10 +587,12 @@ impl NodeRestore {
 impl Drop for NodeRestore {
     fn drop(&mut self) {
         if self.start_kubelet {
-            let _ = self.cluster.kubelet(&self.node, KubeletAction::Start);
+            let _ = self
+                .cluster
+                .kubelet_blocking(&self.node, KubeletAction::Start);
         }
         if self.uncordon {
-            let _ = self.cluster.kubectl(&["uncordon", &self.node]);
+            let _ = self.cluster.kubectl_blocking(&["uncordon", &self.node]);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! was answered and what failed. Bounded in count and time.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +16,9 @@ use crate::support::http_get;
 const MAX_PER_TARGET: usize = 6_000;
 /// Failures whose messages are kept per address, for the report.
 const KEPT_ERRORS: usize = 3;
+/// A request not answered within this counts as failed (a local cluster answers in
+/// milliseconds; a stall this long is an outage to a client).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What one address saw.
 #[derive(Clone, Debug, Default)]
@@ -26,10 +29,10 @@ pub struct TargetCount {
     pub errors: Vec<(Duration, String)>,
 }
 
-/// The result of a [`RequestLoop`].
+/// The result of a [`RequestLoop`], per address and port.
 #[derive(Clone, Debug, Default)]
 pub struct LoopReport {
-    pub targets: BTreeMap<IpAddr, TargetCount>,
+    pub targets: BTreeMap<SocketAddr, TargetCount>,
 }
 
 impl LoopReport {
@@ -41,7 +44,12 @@ impl LoopReport {
         self.targets.values().map(|t| t.ok + t.failed).sum()
     }
 
-    /// `10.1.0.2: 120 ok, 0 failed; ...` with the first errors of each address.
+    /// What one address and port saw.
+    pub fn of(&self, target: SocketAddr) -> TargetCount {
+        self.targets.get(&target).cloned().unwrap_or_default()
+    }
+
+    /// `10.1.0.2:80: 120 ok, 0 failed; ...` with the first errors of each address.
     pub fn describe(&self) -> String {
         self.targets
             .iter()
@@ -67,20 +75,32 @@ impl LoopReport {
     }
 }
 
-/// One GET of `path` to each address every `every`, until [`RequestLoop::stop`].
+/// One GET of `path` to each target every `every`, until [`RequestLoop::stop`]; a request
+/// that takes longer than `every` delays the next one.
 pub struct RequestLoop {
     stop: Arc<AtomicBool>,
-    tasks: Vec<(IpAddr, JoinHandle<TargetCount>)>,
+    tasks: Vec<(SocketAddr, JoinHandle<TargetCount>)>,
 }
 
 impl RequestLoop {
+    /// A loop to `port` of each of `addresses`.
     pub fn start(addresses: &[IpAddr], port: i32, path: &'static str, every: Duration) -> Self {
+        let port = u16::try_from(port).unwrap_or_default();
+        let targets: Vec<SocketAddr> = addresses
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect();
+        Self::start_to(&targets, path, every)
+    }
+
+    /// A loop to each of `targets`.
+    pub fn start_to(targets: &[SocketAddr], path: &'static str, every: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
-        let tasks = addresses
+        let tasks = targets
             .iter()
-            .map(|ip| {
-                let (ip, stop) = (*ip, stop.clone());
+            .map(|target| {
+                let (target, stop) = (*target, stop.clone());
                 let task = tokio::spawn(async move {
                     let mut count = TargetCount::default();
                     let mut tick = tokio::time::interval(every);
@@ -90,7 +110,14 @@ impl RequestLoop {
                         if stop.load(Ordering::SeqCst) {
                             break;
                         }
-                        match http_get(ip, port, path).await {
+                        let (ip, port) = (target.ip(), i32::from(target.port()));
+                        let answer =
+                            tokio::time::timeout(REQUEST_TIMEOUT, http_get(ip, port, path))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(format!("no answer within {REQUEST_TIMEOUT:?}"))
+                                });
+                        match answer {
                             Ok(_) => count.ok += 1,
                             Err(e) => {
                                 count.failed += 1;
@@ -102,7 +129,7 @@ impl RequestLoop {
                     }
                     count
                 });
-                (ip, task)
+                (target, task)
             })
             .collect();
         RequestLoop { stop, tasks }
@@ -111,13 +138,13 @@ impl RequestLoop {
     pub async fn stop(self) -> LoopReport {
         self.stop.store(true, Ordering::SeqCst);
         let mut report = LoopReport::default();
-        for (ip, task) in self.tasks {
+        for (target, task) in self.tasks {
             let count = task.await.unwrap_or_else(|e| TargetCount {
                 failed: 1,
                 errors: vec![(Duration::ZERO, format!("request loop task: {e}"))],
                 ..Default::default()
             });
-            report.targets.insert(ip, count);
+            report.targets.insert(target, count);
         }
         report
     }

@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portway_e2e::{report, wait};
@@ -31,13 +30,12 @@ use tokio::sync::watch;
 
 use crate::config::ZONE_LABEL;
 use crate::support::*;
+use crate::traffic::RequestLoop;
 
 /// Pause between two requests of one loop (the measurement used ~70 ms).
 const PAUSE: Duration = Duration::from_millis(70);
-/// Longest wait for one request.
+/// Longest wait for one request of a long-lived connection.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
-/// Most requests one loop sends.
-const MAX_REQUESTS: usize = 20_000;
 /// Traffic keeps going this long after a phase's rollout is complete.
 const SETTLE: Duration = Duration::from_secs(5);
 /// Longest wait for one rollout.
@@ -52,41 +50,10 @@ struct Target {
     port: i32,
 }
 
-/// Each request's time and outcome.
-type Log = Arc<Mutex<Vec<(Instant, bool)>>>;
-
-/// One GET of `/hostname` with [`REQUEST_TIMEOUT`].
-async fn request(ip: IpAddr, port: i32) -> bool {
-    matches!(
-        tokio::time::timeout(REQUEST_TIMEOUT, http_get(ip, port, "/hostname")).await,
-        Ok(Ok(_))
-    )
-}
-
-/// Requests to `t` every [`PAUSE`] until `stop` (or [`MAX_REQUESTS`], or [`TEST_BUDGET`]).
-fn spawn_loop(
-    t: &Target,
-    log: Log,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let (ip, port) = (t.ip, t.port);
-    tokio::spawn(async move {
-        let started = Instant::now();
-        for _ in 0..MAX_REQUESTS {
-            if *stop.borrow() || started.elapsed() > TEST_BUDGET {
-                break;
-            }
-            let at = Instant::now();
-            let ok = request(ip, port).await;
-            if let Ok(mut l) = log.lock() {
-                l.push((at, ok));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(PAUSE) => {}
-                _ = stop.changed() => {}
-            }
-        }
-    })
+impl Target {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, u16::try_from(self.port).unwrap_or_default())
+    }
 }
 
 /// A keep-alive HTTP/1.1 connection to the backend through one address.
@@ -184,11 +151,10 @@ where
     Fut: std::future::Future<Output = R<()>>,
 {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut loops = Vec::new();
+    let addrs: Vec<SocketAddr> = targets.iter().map(Target::addr).collect();
+    let load = RequestLoop::start_to(&addrs, "/hostname", PAUSE);
     let mut keepalives = Vec::new();
     for t in targets {
-        let log: Log = Arc::default();
-        loops.push((t.clone(), log.clone(), spawn_loop(t, log, stop_rx.clone())));
         let k = KeepAlive::open(t.ip, t.port)
             .await
             .map_err(|e| format!("{t:?}: long-lived connection: {e}"))?;
@@ -198,67 +164,17 @@ where
     let outcome = action().await;
     tokio::time::sleep(SETTLE).await;
     let _ = stop_tx.send(true);
+    let report = load.stop().await;
     let mut out = BTreeMap::new();
-    for ((t, log, handle), keepalive) in loops.into_iter().zip(keepalives) {
-        let _ = handle.await;
+    for (t, keepalive) in targets.iter().zip(keepalives) {
         let (_, broken) = keepalive
             .await
             .map_err(|e| format!("keep-alive task: {e}"))?;
-        let results = log.lock().map(|l| l.clone()).unwrap_or_default();
-        let failed = results.iter().filter(|(_, ok)| !ok).count();
-        out.insert(t, (failed, results.len(), broken));
+        let count = report.of(t.addr());
+        out.insert(t.clone(), (count.failed, count.ok + count.failed, broken));
     }
     outcome?;
     Ok(out)
-}
-
-/// `kubectl` against the cluster, without blocking the runtime (the traffic runs meanwhile).
-async fn kubectl(cluster: &Cluster, args: &[&str]) -> R<String> {
-    let out = tokio::process::Command::new("kubectl")
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| format!("kubectl {args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "kubectl {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-async fn helm_upgrade(cluster: &Cluster, helm: &str, release: &str, tag: &str) -> R<()> {
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/portway");
-    let set = format!("agent.image.tag={tag}");
-    let out = tokio::process::Command::new(helm)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .args([
-            "upgrade",
-            release,
-            chart,
-            "--namespace",
-            &cluster.namespace,
-            "--reuse-values",
-            "--set-string",
-            &set,
-            "--wait",
-            "--timeout",
-            "5m",
-        ])
-        .output()
-        .await
-        .map_err(|e| format!("{helm}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "helm upgrade --set-string {set}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
 }
 
 /// Waits until every agent DaemonSet of `daemonsets` runs `image` on all its nodes.
@@ -275,52 +191,33 @@ async fn wait_rolled(cluster: &Cluster, daemonsets: &[String], image: Option<&st
             .await
             .map_err(|e| e.to_string())?;
         }
-        kubectl(
-            cluster,
-            &[
+        let ds = format!("daemonset/{ds}");
+        cluster
+            .kubectl(&[
                 "rollout",
                 "status",
-                &format!("daemonset/{ds}"),
+                &ds,
                 "-n",
                 &ns,
                 "--timeout",
                 ROLLOUT_TIMEOUT,
-            ],
-        )
-        .await?;
+            ])
+            .await?;
     }
     Ok(())
 }
 
 /// Restores the agent image tag when the test ends early.
 struct RestoreTag {
-    kubeconfig: std::path::PathBuf,
-    helm: String,
-    release: String,
-    namespace: String,
+    cluster: Cluster,
     tag: Option<String>,
 }
 
 impl Drop for RestoreTag {
     fn drop(&mut self) {
         if let Some(tag) = self.tag.take() {
-            let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/portway");
-            let _ = std::process::Command::new(&self.helm)
-                .env("KUBECONFIG", &self.kubeconfig)
-                .args([
-                    "upgrade",
-                    &self.release,
-                    chart,
-                    "--namespace",
-                    &self.namespace,
-                    "--reuse-values",
-                    "--set-string",
-                    &format!("agent.image.tag={tag}"),
-                    "--wait",
-                    "--timeout",
-                    "5m",
-                ])
-                .output();
+            let set = format!("agent.image.tag={tag}");
+            let _ = self.cluster.helm_upgrade_blocking(&["--set-string", &set]);
         }
     }
 }
@@ -371,14 +268,9 @@ async fn rollout_restart_and_helm_upgrade_drop_no_host_traffic() {
         );
         return;
     }
-    let helm = std::env::var("PORTWAY_E2E_HELM").unwrap_or_else(|_| "helm".to_owned());
-    let release = std::env::var("PORTWAY_E2E_RELEASE").unwrap_or_else(|_| "portway".to_owned());
     let mut cleanup = Cleanup::new(&cluster);
     let mut restore = RestoreTag {
-        kubeconfig: cluster.kubeconfig.clone(),
-        helm: helm.clone(),
-        release: release.clone(),
-        namespace: cluster.namespace.clone(),
+        cluster: cluster.clone(),
         tag: None,
     };
     run(TEST, async {
@@ -440,8 +332,9 @@ async fn rollout_restart_and_helm_upgrade_drop_no_host_traffic() {
         let operator = format!("deployment/{}", portway_operator::cleanup::OPERATOR_DEPLOYMENT);
         let ons = cluster.namespace.clone();
         let r = under_traffic(&targets, || async {
-            kubectl(&cluster, &["rollout", "restart", &operator, "-n", &ons]).await?;
-            kubectl(&cluster, &["rollout", "status", &operator, "-n", &ons, "--timeout", ROLLOUT_TIMEOUT])
+            cluster.kubectl(&["rollout", "restart", &operator, "-n", &ons]).await?;
+            cluster
+                .kubectl(&["rollout", "status", &operator, "-n", &ons, "--timeout", ROLLOUT_TIMEOUT])
                 .await
                 .map(|_| ())
         })
@@ -463,7 +356,8 @@ async fn rollout_restart_and_helm_upgrade_drop_no_host_traffic() {
         // 2. Each agent DaemonSet's rollout restart.
         let r = under_traffic(&targets, || async {
             for ds in &daemonsets {
-                kubectl(&cluster, &["rollout", "restart", &format!("daemonset/{ds}"), "-n", &ons]).await?;
+                let ds = format!("daemonset/{ds}");
+                cluster.kubectl(&["rollout", "restart", &ds, "-n", &ons]).await?;
             }
             wait_rolled(&cluster, &daemonsets, None).await
         })
@@ -477,14 +371,16 @@ async fn rollout_restart_and_helm_upgrade_drop_no_host_traffic() {
         let new_image = format!("{repository}:{new_tag}");
         restore.tag = Some(old_tag.clone());
         let r = under_traffic(&targets, || async {
-            helm_upgrade(&cluster, &helm, &release, &new_tag).await?;
+            let set = format!("agent.image.tag={new_tag}");
+            cluster.helm_upgrade(&["--set-string", &set]).await?;
             wait_rolled(&cluster, &daemonsets, Some(&new_image)).await
         })
         .await?;
         let (line, p) = summarize(&format!("helm upgrade to agent {new_tag}"), &r);
         lines.push(line);
         problems.extend(p);
-        helm_upgrade(&cluster, &helm, &release, &old_tag).await?;
+        let set = format!("agent.image.tag={old_tag}");
+        cluster.helm_upgrade(&["--set-string", &set]).await?;
         wait_rolled(&cluster, &daemonsets, Some(&image)).await?;
         restore.tag = None;
 

@@ -41,24 +41,48 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// Requests one connection may carry (a bound; keep-alive clients reconnect after it).
+const MAX_REQUESTS_PER_CONNECTION: usize = 100_000;
+
+/// Serves requests on one connection until the client closes it, asks to close it, or stays
+/// idle for [`READ_TIMEOUT`]. GET and HEAD carry no body, so bytes after a request's head
+/// belong to the next request.
 fn serve(mut stream: TcpStream, peer: SocketAddr, host: &str) -> std::io::Result<()> {
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    let mut buf = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 2048];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_HEAD {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
+    for _ in 0..MAX_REQUESTS_PER_CONNECTION {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break Some(i + 4);
+            }
+            if buf.len() >= MAX_HEAD {
+                break None;
+            }
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(()); // the client is done
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let Some(end) = end else {
+            stream.write_all(http::response(404, "request head too large", false).as_bytes())?;
+            return stream.flush();
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let keep = http::keep_alive(&head);
+        let (status, body) = match http::request_path(&head) {
+            Some(target) => http::respond(target, host, peer),
+            None => (404, "bad request".to_owned()),
+        };
+        stream.write_all(http::response(status, &body, keep).as_bytes())?;
+        stream.flush()?;
+        if !keep {
+            return Ok(());
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
-    let head = String::from_utf8_lossy(&buf);
-    let (status, body) = match http::request_path(&head) {
-        Some(target) => http::respond(target, host, peer),
-        None => (404, "bad request".to_owned()),
-    };
-    stream.write_all(http::response(status, &body).as_bytes())?;
-    stream.flush()
+    Ok(())
 }
 
 fn main() {
