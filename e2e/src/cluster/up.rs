@@ -380,10 +380,26 @@ async fn start_mirror(spec: &ClusterSpec, record: &Record, timeout: Duration) ->
     }
     start_all(record, |c| is(c, "registry"))?;
     let addr = registry::addr(spec)?;
+    let component = record
+        .component("registry")
+        .ok_or_else(|| ClusterError::State("no registry component".into()))?;
+    // Fails at once when the registry exits (its port taken, say), with the end of its log.
     wait_until("the registry mirror", timeout, || async move {
-        registry::answers(addr).then_some(())
+        if registry::answers(addr) {
+            Some(Ok(()))
+        } else if process::running(spec, component).is_none() {
+            let log = std::fs::read_to_string(process::log_file(spec, &component.name))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            Some(Err(ClusterError::State(format!(
+                "the registry mirror on {addr} exited: {}",
+                lines[lines.len().saturating_sub(3)..].join(" | ")
+            ))))
+        } else {
+            None
+        }
     })
-    .await
+    .await?
 }
 
 /// Server-side applies the DNS stand-in's Deployment and Service.
