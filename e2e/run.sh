@@ -164,8 +164,8 @@ else
     [ -x "$PORTWAY_K8S_BIN/$b" ] || skip "PORTWAY_K8S_BIN=$PORTWAY_K8S_BIN has no $b"
   done
   [ "$(id -u)" = 0 ] || skip "the local cluster needs root (network namespaces, cgroups, mounts)"
-  for t in ip nsenter containerd containerd-shim-runc-v2 runc ctr iptables podman; do
-    command -v "$t" >/dev/null 2>&1 || skip "$t not found (apt-get install containerd runc containernetworking-plugins iptables podman)"
+  for t in ip nsenter containerd containerd-shim-runc-v2 runc ctr iptables podman docker-registry; do
+    command -v "$t" >/dev/null 2>&1 || skip "$t not found (apt-get install containerd runc containernetworking-plugins iptables podman docker-registry)"
   done
   for p in bridge host-local portmap loopback; do
     [ -x "/usr/lib/cni/$p" ] || skip "/usr/lib/cni/$p not found (apt-get install containernetworking-plugins)"

@@ -8,7 +8,8 @@
 //!   portway-cluster load [--name N] <image>...       (like `kind load docker-image`)
 //!   portway-cluster kubelet stop|start <node>
 //!   portway-cluster kubeconfig [--name N]
-//!   portway-cluster images                           (build the harness images)
+//!   portway-cluster images [--seed]                  (build the harness images; --seed: also the
+//!                                                    registry mirror's nginx stand-in)
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -18,14 +19,25 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use portway_e2e::cluster::spec::default_name;
 use portway_e2e::cluster::{
-    ClusterError, K8S_BIN_ENV, Result, down, images, netd, process, state, status, up,
+    ClusterError, K8S_BIN_ENV, Result, down, images, netd, process, registry, seed, state, status,
+    up,
 };
 use portway_e2e::kind::Variant;
+
+const AFTER_HELP: &str = "\
+Images: the nodes pull through a registry mirror that `up` starts on the bridge \
+(http://10.111.0.1:5001; every node's containerd mirrors docker.io and registry.k8s.io to it). \
+No registry is reachable from this machine, so `images --seed` builds stand-ins from Debian's \
+packages and seeds the mirror with them: docker.io/library/nginx:latest is Debian's nginx-light \
+serving its default page on port 80, not the official image. On a machine with internet the \
+nodes still cannot pull (the node network is closed by design): the mirror, and `load`, are how \
+the cluster gets images.";
 
 #[derive(Parser)]
 #[command(
     name = "portway-cluster",
-    about = "A local multi-node Kubernetes cluster for Portway's e2e suite"
+    about = "A local multi-node Kubernetes cluster for Portway's e2e suite",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -93,7 +105,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
-    /// Import podman images into every node's containerd.
+    /// Import podman images into every node's containerd (they are used where a pod's pull policy
+    /// lets the kubelet use a present image; `Always`, e.g. a `:latest` tag, pulls from the mirror).
     Load {
         #[arg(long)]
         name: Option<String>,
@@ -112,11 +125,18 @@ enum Cmd {
         name: Option<String>,
     },
     /// Build the harness images (pause, agnhost netexec and DNS stand-ins, kube-controller-manager).
+    #[command(after_help = AFTER_HELP)]
     Images {
         #[arg(long, env = K8S_BIN_ENV)]
         k8s_bin: PathBuf,
         #[arg(long)]
         testbins: Option<PathBuf>,
+        /// Also build the workload stand-ins from Debian's packages (docker.io/library/nginx:latest
+        /// is Debian's nginx-light on debian:bookworm-slim, not the official image) and put them in
+        /// the seed store that `up` copies into every new cluster's registry mirror (and into the
+        /// mirrors of clusters that are up).
+        #[arg(long)]
+        seed: bool,
     },
     /// The cluster's network daemon (started by `up`).
     #[command(hide = true)]
@@ -172,6 +192,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|n| format!("{} {}", n.name, n.node_ip_arg()))
                     .collect::<Vec<_>>()
                     .join(", ")
+            );
+            let seeded = seed::stored(&seed::store());
+            println!(
+                "  registry mirror: {} for {}; holds {}",
+                registry::base_url(registry::addr(spec)?),
+                registry::MIRRORED
+                    .iter()
+                    .map(|(h, _)| *h)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if seeded.is_empty() {
+                    "nothing (portway-cluster images --seed)".to_owned()
+                } else {
+                    format!("{} (stand-ins)", seeded.join(" "))
+                }
             );
             println!("export KUBECONFIG={}", spec.admin_kubeconfig().display());
             Ok(ExitCode::SUCCESS)
@@ -250,8 +285,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Images { k8s_bin, testbins } => {
+        Cmd::Images {
+            k8s_bin,
+            testbins,
+            seed: with_seed,
+        } => {
             up::ensure_images(&testbins.unwrap_or_else(default_testbins), &k8s_bin, true)?;
+            if with_seed {
+                let store = seed::store();
+                let held = seed::seed_store(&store)?;
+                println!(
+                    "portway-cluster: seed store {} holds {} (stand-ins built from Debian's packages)",
+                    store.display(),
+                    held.join(" ")
+                );
+                for r in state::all() {
+                    let running = r
+                        .component("registry")
+                        .and_then(|c| process::running(&r.spec, c));
+                    if running.is_some() {
+                        registry::fill_from(
+                            &seed::store_registry(&store),
+                            &registry::data_dir(&r.spec),
+                        )?;
+                        println!("portway-cluster: and in the mirror of {}", r.spec.name);
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Netd { name } => {

@@ -196,6 +196,16 @@ pub fn netd(spec: &ClusterSpec, exe: &Path) -> Component {
     }
 }
 
+/// The registry mirror (`docker-registry serve`), in the root namespace on the bridge's address.
+pub fn registry(spec: &ClusterSpec) -> Component {
+    Component {
+        name: "registry".to_owned(),
+        program: PathBuf::from(super::registry::PROGRAM),
+        args: vec!["serve".to_owned(), p(super::registry::config_path(spec))],
+        node: None,
+    }
+}
+
 /// kube-controller-manager's flags: it leaves pod CIDRs to Portway's ClusterCIDR.
 pub fn controller_manager_command(spec: &ClusterSpec) -> Vec<String> {
     let pki = spec.pki_dir();
@@ -387,6 +397,10 @@ mod tests {
             vec!["--config=/state/t/n1/containerd/config.toml".to_owned()]
         );
         assert_eq!(netd(&s, Path::new("/x/portway-cluster")).node, None);
+        let r = registry(&s);
+        assert_eq!(r.node, None, "the mirror runs in the root namespace");
+        assert_eq!(r.program, Path::new("docker-registry"));
+        assert_eq!(r.args, ["serve", "/state/t/registry/config.yml"]);
     }
 
     #[test]

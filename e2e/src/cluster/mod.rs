@@ -11,9 +11,13 @@
 //! kube-controller-manager as a static pod (`--allocate-node-cidrs=false`: Portway allocates pod
 //! CIDRs). The harness's `netd` plays kindnet: it writes each node's CNI config when the Node gets
 //! its pod CIDRs, routes the pod CIDRs between the nodes, and keeps the DNS stand-in's records.
+//! A registry mirror ([`registry`], Debian's `docker-registry` on the bridge) serves the nodes'
+//! pulls of docker.io and registry.k8s.io images, seeded with stand-ins built from Debian's
+//! packages ([`seed`]): no registry is reachable, and the node network is closed.
 //!
 //! Pure parts (unit-tested offline): [`spec`] (the plan), [`pki`], [`render`] (config files),
-//! [`components`] (command lines, static pod, DNS objects), [`images`] (image recipes).
+//! [`components`] (command lines, static pod, DNS objects), [`images`] (image recipes), the
+//! mirror's addresses and config ([`registry`]) and the stand-ins' recipes ([`seed`]).
 //! Thin shells: [`sys`], [`net`], [`cgroup`], [`process`], [`state`], [`up`], [`down`], [`netd`],
 //! [`status`].
 
@@ -25,7 +29,9 @@ pub mod net;
 pub mod netd;
 pub mod pki;
 pub mod process;
+pub mod registry;
 pub mod render;
+pub mod seed;
 pub mod spec;
 pub mod state;
 pub mod status;

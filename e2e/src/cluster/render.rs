@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::pki;
+use super::registry::Mirror;
 use super::spec::{CLUSTER_DOMAIN, CONTROL_PLANE_TAINT, ClusterSpec, NodeSpec};
 
 /// The CNI network's bridge inside each node's namespace.
@@ -134,8 +135,14 @@ pub fn kube_proxy_config(spec: &ClusterSpec, node: &NodeSpec) -> Value {
 
 /// A node's containerd (config version 2, containerd 1.6/1.7): every path of its own (root,
 /// state, sockets, runc state, pod network namespaces), runc with cgroupfs, the local pause image,
-/// CNI config from the node's folder.
-pub fn containerd_config(spec: &ClusterSpec, node: &NodeSpec, sandbox_image: &str) -> String {
+/// CNI config from the node's folder, and the harness's registry mirror for the upstream
+/// registries (see [`containerd_mirrors`]).
+pub fn containerd_config(
+    spec: &ClusterSpec,
+    node: &NodeSpec,
+    sandbox_image: &str,
+    mirrors: &[Mirror],
+) -> String {
     let dir = spec.node_dir(node).join("containerd");
     let d = |p: &str| dir.join(p).display().to_string();
     let socket = spec.containerd_socket(node).display().to_string();
@@ -181,13 +188,34 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{conf_dir}"
     max_conf_num = 1
-"#,
+{mirrors}"#,
         node = node.name,
         root = d("root"),
         state = d("state"),
         opt = d("opt"),
         runc = d("runc"),
+        mirrors = containerd_mirrors(mirrors),
     )
+}
+
+/// containerd 1.6's CRI `registry.mirrors` (the form kind's local-registry recipe patched in
+/// before `config_path`): each upstream host pulls from its mirror endpoints, plain HTTP taken
+/// from the URL's scheme; containerd falls back to the upstream itself only after them (which
+/// fails on the closed node network).
+pub fn containerd_mirrors(mirrors: &[Mirror]) -> String {
+    const CRI: &str = r#"plugins."io.containerd.grpc.v1.cri""#;
+    if mirrors.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("  [{CRI}.registry]\n    [{CRI}.registry.mirrors]\n");
+    for m in mirrors {
+        out += &format!(
+            "      [{CRI}.registry.mirrors.\"{host}\"]\n        endpoint = [\"{endpoint}\"]\n",
+            host = m.host,
+            endpoint = m.endpoint
+        );
+    }
+    out
 }
 
 /// The CNI network's name (also the prefix of libcni's cache entries, removed by `down`).
@@ -363,7 +391,8 @@ mod tests {
     #[test]
     fn containerd_keeps_to_its_node_folder() {
         let s = spec(Variant::Ipv4);
-        let c = containerd_config(&s, &s.nodes[1], "localhost/p:1");
+        let mirrors = crate::cluster::registry::mirrors("10.111.0.1:5001".parse().expect("addr"));
+        let c = containerd_config(&s, &s.nodes[1], "localhost/p:1", &mirrors);
         for want in [
             "root = \"/state/t/n1/containerd/root\"",
             "address = \"/state/t/n1/containerd.sock\"",
@@ -374,9 +403,50 @@ mod tests {
             "restrict_oom_score_adj = true",
             "conf_dir = \"/state/t/n1/cni/net.d\"",
             "snapshotter = \"overlayfs\"",
+            "[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n        endpoint = [\"http://10.111.0.1:5001\"]",
         ] {
             assert!(c.contains(want), "{want} missing:\n{c}");
         }
+    }
+
+    #[test]
+    fn containerd_mirrors_render_as_cri_registry_tables() {
+        let mirrors = crate::cluster::registry::mirrors("10.111.0.1:5001".parse().expect("addr"));
+        let text = containerd_mirrors(&mirrors);
+        assert_eq!(
+            text,
+            r#"  [plugins."io.containerd.grpc.v1.cri".registry]
+    [plugins."io.containerd.grpc.v1.cri".registry.mirrors]
+      [plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]
+        endpoint = ["http://10.111.0.1:5001"]
+      [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.k8s.io"]
+        endpoint = ["http://10.111.0.1:5001/v2/registry.k8s.io"]
+"#
+        );
+        assert_eq!(containerd_mirrors(&[]), "");
+        // The whole file is one TOML document with the mirrors where containerd 1.6 reads them.
+        let s = spec(Variant::Ipv6);
+        let v6 = crate::cluster::registry::mirrors("[fd00:10:111::1]:5001".parse().expect("addr"));
+        let c = containerd_config(&s, &s.nodes[0], "p", &v6);
+        let doc: toml_edit::DocumentMut = c.parse().unwrap_or_else(|e| panic!("{e}\n{c}"));
+        let cri = &doc["plugins"]["io.containerd.grpc.v1.cri"];
+        let endpoint = |host: &str| {
+            cri["registry"]["mirrors"][host]["endpoint"]
+                .as_array()
+                .and_then(|a| a.get(0))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            endpoint("docker.io").as_deref(),
+            Some("http://[fd00:10:111::1]:5001")
+        );
+        assert_eq!(
+            endpoint("registry.k8s.io").as_deref(),
+            Some("http://[fd00:10:111::1]:5001/v2/registry.k8s.io")
+        );
+        assert_eq!(cri["sandbox_image"].as_str(), Some("p"));
+        assert_eq!(cri["cni"]["max_conf_num"].as_integer(), Some(1));
     }
 
     #[test]

@@ -227,16 +227,27 @@ impl ClusterSpec {
         self.nodes.iter().flat_map(|n| &n.ips).any(IpAddr::is_ipv6)
     }
 
-    /// The root namespace's addresses on the bridge, with prefix length.
-    pub fn bridge_addrs(&self) -> Vec<String> {
+    /// The root namespace's addresses on the bridge, primary family first.
+    pub fn bridge_ips(&self) -> Vec<IpAddr> {
         let mut a = Vec::new();
         if self.has_v4() {
-            a.push(format!("{}/{NODE_NET_V4_PREFIX}", v4_host(1)));
+            a.push(IpAddr::V4(v4_host(1)));
         }
         if self.has_v6() {
-            a.push(format!("{}/{NODE_NET_V6_PREFIX}", v6_host(1)));
+            a.push(IpAddr::V6(v6_host(1)));
         }
         a
+    }
+
+    /// The root namespace's addresses on the bridge, with prefix length.
+    pub fn bridge_addrs(&self) -> Vec<String> {
+        self.bridge_ips()
+            .into_iter()
+            .map(|ip| match ip {
+                IpAddr::V4(_) => format!("{ip}/{NODE_NET_V4_PREFIX}"),
+                IpAddr::V6(_) => format!("{ip}/{NODE_NET_V6_PREFIX}"),
+            })
+            .collect()
     }
 
     // --- where things live ----------------------------------------------------------------------
@@ -259,6 +270,10 @@ impl ClusterSpec {
     }
     pub fn etcd_dir(&self) -> PathBuf {
         self.state_dir.join("etcd")
+    }
+    /// The registry mirror's folder: its config and its storage (`data/`).
+    pub fn registry_dir(&self) -> PathBuf {
+        self.state_dir.join("registry")
     }
     /// The DNS stand-in's record file folder (a hostPath of the `coredns` pods).
     pub fn dns_dir(&self) -> PathBuf {

@@ -1,7 +1,7 @@
 //! `portway-cluster up`: checks the machine, records the plan, writes certificates and configs,
-//! builds the node network, then starts the control plane, each node's containerd (loaded with
-//! the harness images), kubelet and kube-proxy, and netd; labels the nodes and deploys the DNS
-//! stand-in. The nodes stay NotReady until Portway's ClusterCIDR gives them pod CIDRs (netd then
+//! builds the node network, starts the registry mirror (filled from the seed store), then the
+//! control plane, each node's containerd (loaded with the harness images, pulling through the
+//! mirror), kubelet and kube-proxy, and netd; labels the nodes and deploys the DNS stand-in. The nodes stay NotReady until Portway's ClusterCIDR gives them pod CIDRs (netd then
 //! writes their CNI config): that is the chicken and egg `docs/e2e.md` describes for kind too.
 
 use std::path::{Path, PathBuf};
@@ -18,22 +18,23 @@ use super::components::{self, Component, K8S_BINARIES};
 use super::render::{self, CNI_BIN_DIR};
 use super::spec::ClusterSpec;
 use super::state::{self, Record, SHARED_DIRS};
-use super::{ClusterError, Result, cgroup, images, net, pki, process, sys};
+use super::{ClusterError, Result, cgroup, images, net, pki, process, registry, seed, sys};
 use crate::kind::Variant;
 
 /// The field manager of the harness's writes.
 pub const FIELD_MANAGER: &str = "portway-cluster";
-/// Tools `up` needs on `PATH`.
-pub const TOOLS: [&str; 9] = [
-    "ip",
-    "nsenter",
-    "sysctl",
-    "containerd",
-    "containerd-shim-runc-v2",
-    "runc",
-    "ctr",
-    "iptables",
-    "podman",
+/// Tools `up` needs on `PATH`, each with the Debian package that has it.
+pub const TOOLS: [(&str, &str); 10] = [
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("sysctl", "procps"),
+    ("containerd", "containerd"),
+    ("containerd-shim-runc-v2", "containerd"),
+    ("runc", "runc"),
+    ("ctr", "containerd"),
+    ("iptables", "iptables"),
+    ("podman", "podman"),
+    (registry::PROGRAM, "docker-registry"),
 ];
 /// CNI plugins the nodes use (containerd adds loopback itself).
 pub const CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "portmap", "loopback"];
@@ -56,9 +57,9 @@ pub fn preflight(k8s_bin: &Path) -> Vec<String> {
     if unsafe { libc::geteuid() } != 0 {
         missing.push("root (network namespaces, cgroups, mounts)".to_owned());
     }
-    for t in TOOLS {
+    for (t, package) in TOOLS {
         if !sys::on_path(t) {
-            missing.push(format!("{t} on PATH"));
+            missing.push(format!("{t} on PATH (apt-get install {package})"));
         }
     }
     for p in CNI_PLUGINS {
@@ -74,9 +75,10 @@ pub fn preflight(k8s_bin: &Path) -> Vec<String> {
     missing
 }
 
-/// Every process of the cluster, in start order.
+/// Every process of the cluster, in start order (`down` stops them in reverse: the mirror last).
 pub fn components(spec: &ClusterSpec, k8s_bin: &Path, exe: &Path) -> Vec<Component> {
     let mut c = vec![
+        components::registry(spec),
         components::etcd(spec, k8s_bin),
         components::apiserver(spec, k8s_bin),
     ];
@@ -100,8 +102,15 @@ fn json_text(v: &serde_json::Value) -> Result<String> {
     serde_json::to_string_pretty(v).map_err(|e| ClusterError::State(format!("render: {e}")))
 }
 
-/// Certificates, kubeconfigs, node configs, the static pod and the DNS record folder.
+/// Certificates, kubeconfigs, node configs, the static pod, the DNS record folder and the
+/// mirror's config.
 pub fn write_files(spec: &ClusterSpec) -> Result<()> {
+    let mirror = registry::addr(spec)?;
+    sys::write(
+        &registry::config_path(spec),
+        json_text(&registry::config(&registry::data_dir(spec), mirror))?,
+    )?;
+    let mirrors = registry::mirrors(mirror);
     for (name, contents) in pki::generate(spec)? {
         sys::write(&spec.pki_dir().join(name), contents)?;
     }
@@ -133,7 +142,7 @@ pub fn write_files(spec: &ClusterSpec) -> Result<()> {
         )?;
         sys::write(
             &dir.join("containerd/config.toml"),
-            render::containerd_config(spec, node, &images::pause_image()),
+            render::containerd_config(spec, node, &images::pause_image(), &mirrors),
         )?;
         sys::mkdir(&spec.cni_conf_dir(node))?;
         sys::mkdir(&dir.join("kubelet"))?;
@@ -282,6 +291,12 @@ pub async fn up(opts: &UpOptions) -> Result<Record> {
         "portway-cluster: network and cgroups ready ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
+    start_mirror(spec, &record, opts.timeout).await?;
+    eprintln!(
+        "portway-cluster: registry mirror on {} ({:.1} s)",
+        registry::base_url(registry::addr(spec)?),
+        started.elapsed().as_secs_f64()
+    );
 
     start_all(&record, |c| is(c, "etcd") || is(c, "kube-apiserver"))?;
     let client = admin_client(spec).await?;
@@ -350,6 +365,41 @@ pub async fn up(opts: &UpOptions) -> Result<Record> {
     apply_dns(spec, &client).await?;
     eprintln!("portway-cluster: nodes registered and labelled, DNS stand-in deployed");
     Ok(record)
+}
+
+/// Fills the mirror's storage from the seed store, starts it and waits until it answers.
+async fn start_mirror(spec: &ClusterSpec, record: &Record, timeout: Duration) -> Result<()> {
+    let store = seed::store();
+    if !registry::fill_from(&seed::store_registry(&store), &registry::data_dir(spec))? {
+        eprintln!(
+            "portway-cluster: the registry mirror starts empty: no seed store in {} \
+             (`portway-cluster images --seed` builds the nginx stand-in; without it `image: nginx` \
+             cannot be pulled)",
+            store.display()
+        );
+    }
+    start_all(record, |c| is(c, "registry"))?;
+    let addr = registry::addr(spec)?;
+    let component = record
+        .component("registry")
+        .ok_or_else(|| ClusterError::State("no registry component".into()))?;
+    // Fails at once when the registry exits (its port taken, say), with the end of its log.
+    wait_until("the registry mirror", timeout, || async move {
+        if registry::answers(addr) {
+            Some(Ok(()))
+        } else if process::running(spec, component).is_none() {
+            let log = std::fs::read_to_string(process::log_file(spec, &component.name))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            Some(Err(ClusterError::State(format!(
+                "the registry mirror on {addr} exited: {}",
+                lines[lines.len().saturating_sub(3)..].join(" | ")
+            ))))
+        } else {
+            None
+        }
+    })
+    .await?
 }
 
 /// Server-side applies the DNS stand-in's Deployment and Service.
