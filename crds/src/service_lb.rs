@@ -190,6 +190,13 @@ pub struct ServiceLoadBalancerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+    /// The Nodes the Service's node-agent DaemonSet targets (the pool's usable Nodes), sorted.
+    /// Written by the operator before it changes the DaemonSet, so an agent stopping because its
+    /// node left this list already sees it left. A stopping agent whose node is listed leaves
+    /// its rules to the next agent on that node (hitless upgrades); any other stops remove them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5000), inner(length(min = 1, max = 253)))]
+    pub target_nodes: Vec<String>,
     /// One entry per node agent, each written only by that node's agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend(

@@ -15,11 +15,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use portway_crds::{DataplaneMode, IpFamily};
-use portway_node_agent::agent::{Agent, AgentConfig, NetEnv, run};
+use portway_node_agent::agent::{Agent, AgentConfig, NetEnv, Stopped, run};
 use portway_node_agent::dataplane::{
     ApplyReport, Dataplane, DataplaneError, FamilyReport, RuleCounter,
 };
 use portway_node_agent::forwarding::{FamilyState, ForwardingReport};
+use portway_node_agent::handover::{self, lookup::KubeLookup};
 use portway_node_agent::metrics::Metrics;
 use portway_node_agent::net::Served;
 use portway_node_agent::rules::RuleSet;
@@ -30,7 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::envtest::clients::ClientSpec;
 use crate::report;
 
-/// How long a stopping agent may take (it removes its rules and reports `ShuttingDown`).
+/// How long a stopping agent may take (it reads its ServiceLoadBalancer, then leaves its rules
+/// or removes them and reports `ShuttingDown`).
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Rule sets the agent asked its dataplane for, in order.
@@ -115,7 +117,7 @@ pub struct NodeAgent {
     node: String,
     applied: Applied,
     stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<Option<bool>>>,
+    thread: Option<JoinHandle<Option<Stopped>>>,
 }
 
 impl NodeAgent {
@@ -138,6 +140,9 @@ impl NodeAgent {
             host_ips: Vec::new(),
             resync: Duration::from_secs(60),
             heartbeat: Duration::from_secs(10),
+            // The dataplane of its first rules (the Service's pool decides it).
+            dataplane: None,
+            exit: handover::Policy::default(),
         };
         let dataplane = RecordingDataplane {
             applied: applied.clone(),
@@ -155,12 +160,13 @@ impl NodeAgent {
                     let sink =
                         KubeStatus::new(client.clone(), &cfg.namespace, &cfg.name, &cfg.node);
                     let (tx, rx) = mpsc::channel(16);
+                    let lookup = KubeLookup::new(client.clone(), &cfg.namespace, &cfg.name);
                     kube_source(client, &cfg.namespace, &cfg.name, tx);
                     let agent = Agent::new(cfg, dataplane, sink, FixedNet, None, metrics);
                     let shutdown = async {
                         let _ = stop_rx.await;
                     };
-                    Some(run(agent, rx, None, shutdown, false).await)
+                    Some(run(agent, rx, None, shutdown, lookup, false).await)
                 });
                 runtime.shutdown_background();
                 result
@@ -178,9 +184,10 @@ impl NodeAgent {
         self.applied.all()
     }
 
-    /// Stops it as SIGTERM does: it removes its rules and reports `ShuttingDown`. Returns
-    /// whether the removal succeeded (`None`: it never got going, e.g. no client).
-    pub async fn stop(mut self) -> Option<bool> {
+    /// Stops it as SIGTERM does: it reads its ServiceLoadBalancer and leaves its rules to a
+    /// successor (its node is still a target) or removes them and reports `ShuttingDown`.
+    /// Returns how it stopped (`None`: it never got going, e.g. no client).
+    pub async fn stop(mut self) -> Option<Stopped> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -5,6 +5,8 @@
 //! - [`objects`]: Nodes, EndpointSlices, Services, ServiceAccounts and Pods that kubelets and
 //!   controllers would create in a real cluster.
 //! - [`apply`]: server-side apply of YAML folders (examples, rendered manifests).
+//! - [`cluster`]: a real multi-node cluster on this machine without Docker (`portway-cluster`).
+//! - [`kind`]: the end-to-end clusters' configs (`e2e/kind/<variant>.yaml`, kind's v1alpha4).
 //! - [`wait`]: bounded waits (`await_condition` under a timeout, bounded polling).
 //! - [`report`]: skip and summary lines that libtest does not swallow.
 //! - [`requests`]: a record of every request a client sends (proves "zero writes").
@@ -16,7 +18,9 @@
 
 pub mod agent;
 pub mod apply;
+pub mod cluster;
 pub mod envtest;
+pub mod kind;
 pub mod objects;
 pub mod operator;
 pub mod report;

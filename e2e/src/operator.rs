@@ -88,7 +88,7 @@ pub fn run_args<S: AsRef<str>>(flags: &[S]) -> Result<Args, OperatorError> {
 }
 
 /// Flags every in-process operator needs: its namespace, and metrics on an ephemeral loopback
-/// port (several operators share the test process; the default 0.0.0.0:9463 would collide).
+/// port (several operators share the test process; the default [::]:9463 would collide).
 pub fn base_flags(namespace: &str) -> Vec<String> {
     vec![
         format!("--namespace={namespace}"),

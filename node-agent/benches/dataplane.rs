@@ -5,6 +5,8 @@
 //! P1 throughput_ratio=<x> (goal >= 0.95)
 //! P2 batch_speedup=<x> (goal >= 50)
 //! P3 start_to_forwarding_50ports_ms=<x> (goal < 50)
+//! P7 host_handover_failed_requests=<n> (goal 0)
+//! P7 pod_replace_gap_ms=<x> (goal <= 300)
 //! ```
 //!
 //! - P1: TCP bulk throughput client -> backend through the agent's forwarding (pod mode: DNAT +
@@ -18,6 +20,16 @@
 //!   same iptables variant, same netns; median of five back-to-back pairs.
 //! - P3: from spawning `portway-agent run` (local mode, 50 TCP ports, default `--iptables auto`)
 //!   to all 50 host ports forwarding, observed by a client connecting to each port; median of 9.
+//! - P7 host: failed requests of a loop of new TCP connections (one every ~3 ms) through a
+//!   Host-dataplane node while its agent is replaced by a new one for the same Service (the
+//!   three orders of `tests/support/handover.rs` in turn), with a long-lived TCP connection and
+//!   a UDP flow running too; median of 9 replacements.
+//! - P7 pod: how long a node's host port does not answer while a Pod-dataplane agent pod is
+//!   replaced, **simulated in netns** the way kubelet and the CNI portmap plugin do it (SIGTERM
+//!   and exit of the old agent; the old pod's host-port DNAT and netns removed; a new pod netns
+//!   with a new address, its DNAT, the new agent started), observed by a client connecting every
+//!   ~1 ms; median of 9. The API round trips of a real replacement (the DaemonSet controller,
+//!   binding, kubelet's sync, the container runtime) are not in it.
 //!
 //! Needs root (network namespaces, iptables); prints a skip line otherwise.
 
@@ -40,6 +52,7 @@ use portway_node_agent::dataplane::Dataplane;
 use portway_node_agent::dataplane::iptables::mode::Mode;
 use portway_node_agent::dataplane::iptables::{Config, IptablesDataplane, RetryPolicy};
 use portway_node_agent::rules::{FamilyRules, Forward, RuleSet};
+use support::handover::{Order, PodNode, host_handover, probed};
 use support::*;
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
@@ -405,15 +418,86 @@ fn p3(mode: &str) -> Result<f64, String> {
     Ok(median(auto))
 }
 
+// ---------------------------------------------------------------- P7
+
+/// Replacements per P7 figure (odd: the median is one of them).
+const P7_RUNS: usize = 9;
+
+fn p7_host(mode: &str) -> Result<f64, String> {
+    let mut failed = Vec::new();
+    let mut runs = Vec::new();
+    let (mut requests, mut tcp, mut udp, mut udp_lost) = (0, 0, 0, 0);
+    for run in 0..P7_RUNS {
+        let order = Order::ALL[run % Order::ALL.len()];
+        let o = host_handover(mode, order, Duration::from_millis(300))?;
+        if o.long_lived.failed > 0 {
+            return Err(format!(
+                "{}: the long-lived connection broke: {:?}",
+                order.name(),
+                o.long_lived.error
+            ));
+        }
+        failed.push(o.probes.failed() as f64);
+        runs.push(format!("{}/{}", o.probes.failed(), o.probes.results.len()));
+        requests += o.probes.results.len();
+        tcp += o.long_lived.exchanges;
+        udp += o.udp.exchanges;
+        udp_lost += o.udp.failed;
+    }
+    println!(
+        "  P7 host detail: failed/requests per replacement [{}] (orders in turn: new first, SIGTERM first, SIGKILL); {requests} requests; long-lived TCP kept in every run ({tcp} echoes); UDP flow {udp} exchanges, {udp_lost} lost; iptables-{mode}",
+        runs.join(", ")
+    );
+    Ok(median(failed))
+}
+
+fn p7_pod(mode: &str) -> Result<f64, String> {
+    let t = Duration::from_secs(15);
+    let mut node = PodNode::start(mode)?;
+    node.wait_ready(t)?;
+    let client = node.topo.client.name.clone();
+    let port80 = sa(addr::NODE4, 80);
+    eventually(t, || {
+        tcp_whoami(&client, Some(support::ip(addr::CLIENT4)), port80, t)
+    })?;
+    let mut gaps = Vec::new();
+    let mut exits = Vec::new();
+    let mut spans = Vec::new();
+    for _ in 0..P7_RUNS {
+        let (r, probes) = probed(&client, port80, Duration::from_millis(1), || {
+            node.replace(t)
+        })?;
+        if !probes.results.last().is_some_and(|(_, ok)| *ok) {
+            return Err("the port did not answer again after the replacement".into());
+        }
+        if r.old_rules_after_exit == 0 {
+            return Err("the old agent removed its rules before its pod went".into());
+        }
+        gaps.push(probes.longest_gap().as_secs_f64() * 1e3);
+        exits.push(r.old_exit.as_secs_f64() * 1e3);
+        spans.push(r.teardown_to_ready.as_secs_f64() * 1e3);
+    }
+    let runs: Vec<String> = gaps.iter().map(|g| format!("{g:.0}")).collect();
+    println!(
+        "  P7 pod detail (simulated in netns: kubelet's SIGTERM and sandbox teardown, portmap's DNAT, a new pod netns with a new address, the new agent; no API round trips): gaps [{}] ms; old agent SIGTERM to exit median {:.1} ms (its rules stay in the pod netns until the teardown); teardown to new agent ready median {:.1} ms; iptables-{mode}",
+        runs.join(", "),
+        median(exits),
+        median(spans)
+    );
+    Ok(median(gaps))
+}
+
 fn main() {
     if let Some(reason) = skip_reason() {
         println!("SKIP dataplane bench: {reason}");
         println!("P1 throughput_ratio=skipped (goal >= 0.95)");
         println!("P2 batch_speedup=skipped (goal >= 50)");
         println!("P3 start_to_forwarding_50ports_ms=skipped (goal < 50)");
+        println!("P7 host_handover_failed_requests=skipped (goal 0)");
+        println!("P7 pod_replace_gap_ms=skipped (goal <= 300)");
         return;
     }
-    // `cargo bench` passes --bench; a filter argument selects figures (p1, p2, p3).
+    // `cargo bench` passes --bench; a filter argument selects figures (p1, p2, p3, p7).
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -450,6 +534,22 @@ fn main() {
             Err(e) => {
                 failed = true;
                 println!("P3 start_to_forwarding_50ports_ms=error (goal < 50): {e}");
+            }
+        }
+    }
+    if run("p7") {
+        match p7_host(variant) {
+            Ok(x) => println!("P7 host_handover_failed_requests={x:.0} (goal 0)"),
+            Err(e) => {
+                failed = true;
+                println!("P7 host_handover_failed_requests=error (goal 0): {e}");
+            }
+        }
+        match p7_pod(variant) {
+            Ok(x) => println!("P7 pod_replace_gap_ms={x:.0} (goal <= 300)"),
+            Err(e) => {
+                failed = true;
+                println!("P7 pod_replace_gap_ms=error (goal <= 300): {e}");
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The agent's loop: fold watch updates into what is observed, reconcile (pure rules, then the
 //! dataplane, then the status), repeat on every change, netlink event and resync tick; on
-//! SIGTERM remove every rule and report `ShuttingDown`.
+//! SIGTERM read the `ServiceLoadBalancer` once more and either leave the rules to the next agent
+//! on this node or remove every rule and report `ShuttingDown` ([`crate::handover`]).
 //!
 //! Reconciling is idempotent: the dataplane writes nothing when the kernel already holds the
 //! desired rules, and the status is written only when it changed (ignoring timestamps).
@@ -21,6 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::dataplane::Dataplane;
 use crate::forwarding::{self, ForwardingReport};
+use crate::handover::lookup::ExitLookup;
+use crate::handover::{self, Decision, KeepReason, RemoveReason, Step};
 use crate::metrics::Metrics;
 use crate::net::{Netlink, Served, served_addresses};
 use crate::rules::{self, Context, RuleSet};
@@ -112,6 +115,11 @@ pub struct AgentConfig {
     pub resync: Duration,
     /// Heartbeat interval for the liveness probe.
     pub heartbeat: Duration,
+    /// The dataplane this agent's pod was built for, i.e. the network namespace it runs in
+    /// (`--dataplane`, set by the operator). `None`: the dataplane of its first applied rules.
+    pub dataplane: Option<DataplaneMode>,
+    /// Bounds of the decision at SIGTERM.
+    pub exit: handover::Policy,
 }
 
 /// The rules currently installed and the generation they implement.
@@ -137,6 +145,9 @@ pub struct Agent<D: Dataplane, S: StatusSink, N: NetEnv> {
     /// An entry that still has to be written (the last write failed).
     pending: Option<NodeForwardingStatus>,
     ready: bool,
+    /// The network namespace's dataplane: [`AgentConfig::dataplane`], else the mode of the first
+    /// rules applied.
+    netns: Option<DataplaneMode>,
     clock: fn() -> Time,
 }
 
@@ -165,6 +176,7 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
         state: Option<StateDir>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let netns = cfg.dataplane;
         Self {
             cfg,
             dataplane,
@@ -177,6 +189,7 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
             reported: None,
             pending: None,
             ready: false,
+            netns,
             clock: now,
         }
     }
@@ -336,6 +349,19 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
         let spec = &slb.spec;
         let generation = slb.metadata.generation;
         let mode = spec.dataplane;
+        if let Some(own) = self.cfg.dataplane
+            && own != mode
+        {
+            // The pool's dataplane changed: this pod runs in the other kind of network namespace
+            // and is about to be replaced. Installing the new mode's rules here would put them
+            // in the wrong netns (and Pod mode would switch on the node's forwarding).
+            tracing::warn!(
+                agent = own.as_str(),
+                spec = mode.as_str(),
+                "the ServiceLoadBalancer asks for another dataplane than this agent's pod runs; keeping the installed rules until the pod is replaced"
+            );
+            return;
+        }
         if mode == DataplaneMode::Host && !observed.slices_synced {
             // Installing before the endpoints are known would reject traffic for a moment.
             return;
@@ -416,6 +442,9 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
                 }
                 let has_rules = !rules.is_empty();
                 self.clean = !has_rules;
+                if self.netns.is_none() {
+                    self.netns = Some(mode);
+                }
                 self.applied = Some(Applied {
                     generation,
                     rules: rules.clone(),
@@ -458,9 +487,67 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
         }
     }
 
+    /// Reads the `ServiceLoadBalancer` at exit and decides, bounded by [`AgentConfig::exit`]
+    /// (see [`handover::next`]).
+    pub async fn decide_exit<L: ExitLookup>(&self, lookup: &mut L) -> Decision {
+        let policy = self.cfg.exit;
+        let started = tokio::time::Instant::now();
+        loop {
+            let seen = lookup.read(policy.read_timeout).await;
+            let decision = handover::decide(&self.cfg.node, self.netns, &seen);
+            let elapsed = started.elapsed();
+            match handover::next(decision, self.netns, elapsed, &policy) {
+                Step::Finish => {
+                    if let handover::Seen::Unreachable(e) | handover::Seen::Unreadable(e) = &seen {
+                        tracing::warn!(error = %e, decision = decision.label(), "could not read the ServiceLoadBalancer at exit");
+                    }
+                    return decision;
+                }
+                Step::ReadAgain(wait) => {
+                    tracing::info!(
+                        decision = decision.label(),
+                        wait_ms = wait.as_millis() as u64,
+                        "reading the ServiceLoadBalancer again before leaving the rules"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Acts on the exit decision: leaves the rules (and the status entry) as they are, or
+    /// removes every rule and reports `ShuttingDown`.
+    pub async fn finish(&mut self, decision: Decision, observed: &Observed) -> Stopped {
+        self.set_ready(false);
+        match decision {
+            Decision::Keep(reason) => {
+                let forwards = self.applied.as_ref().map(|a| a.rules.forward_count());
+                tracing::info!(
+                    decision = decision.label(),
+                    forwards,
+                    "stopping: leaving the rules in place for the next agent of this Service on this node"
+                );
+                if reason == KeepReason::Unreachable {
+                    tracing::warn!(
+                        "the API server did not answer: the rules stay; the next agent of this Service on this node adopts or removes them, `portway-agent cleanup` removes them by hand"
+                    );
+                }
+                Stopped::Kept(reason)
+            }
+            Decision::Remove(reason) => {
+                tracing::info!(decision = decision.label(), "stopping: removing every rule");
+                if self.remove_and_report(observed).await {
+                    Stopped::Removed(reason)
+                } else {
+                    Stopped::RemoveFailed(reason)
+                }
+            }
+        }
+    }
+
     /// Removes every rule, drops readiness and reports `ShuttingDown` (when an object exists to
     /// report on).
-    pub async fn shutdown(&mut self, observed: &Observed) -> bool {
+    pub async fn remove_and_report(&mut self, observed: &Observed) -> bool {
         self.set_ready(false);
         let removed = match self.dataplane.cleanup().await {
             Ok(_) => true,
@@ -500,14 +587,27 @@ impl<D: Dataplane, S: StatusSink, N: NetEnv> Agent<D, S, N> {
     }
 }
 
-/// Runs the loop until `shutdown` resolves (SIGTERM/SIGINT), then cleans up.
-pub async fn run<D: Dataplane, S: StatusSink, N: NetEnv>(
+/// How the agent stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The rules stay for the next agent.
+    Kept(KeepReason),
+    /// Every rule was removed.
+    Removed(RemoveReason),
+    /// Removing the rules failed.
+    RemoveFailed(RemoveReason),
+}
+
+/// Runs the loop until `shutdown` resolves (SIGTERM/SIGINT), then decides with `lookup` whether
+/// the rules stay or go.
+pub async fn run<D: Dataplane, S: StatusSink, N: NetEnv, L: ExitLookup>(
     mut agent: Agent<D, S, N>,
     mut updates: mpsc::Receiver<Update>,
     mut net_events: Option<UnboundedReceiver<()>>,
     shutdown: impl std::future::Future<Output = ()>,
+    mut lookup: L,
     refresh_counters: bool,
-) -> bool {
+) -> Stopped {
     tokio::pin!(shutdown);
     let mut observed = Observed::default();
     let mut resync = tokio::time::interval(agent.cfg.resync);
@@ -570,8 +670,9 @@ pub async fn run<D: Dataplane, S: StatusSink, N: NetEnv>(
             agent.reconcile(&observed).await;
         }
     }
-    tracing::info!("stopping: removing rules");
-    agent.shutdown(&observed).await
+    tracing::info!("stopping: reading the ServiceLoadBalancer to decide about the rules");
+    let decision = agent.decide_exit(&mut lookup).await;
+    agent.finish(decision, &observed).await
 }
 
 #[cfg(test)]

@@ -14,11 +14,13 @@ use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::mpsc;
 
-use crate::agent::{self, Agent, AgentConfig, KernelNet};
+use crate::agent::{self, Agent, AgentConfig, KernelNet, Stopped};
 use crate::dataplane::Dataplane;
 use crate::dataplane::iptables::mode::{self, ModeChoice};
 use crate::dataplane::iptables::render::{self, ChainNames, DEFAULT_PREFIX};
 use crate::dataplane::iptables::{Config, IptablesDataplane, RetryPolicy, save};
+use crate::handover::lookup::{ExitLookup, FileLookup, KubeLookup};
+use crate::handover::{self, KeepReason};
 use crate::metrics::Metrics;
 use crate::net::{self, Netlink};
 use crate::rules::{self, Context, is_dns_label};
@@ -51,7 +53,8 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Forward the Service's ports until SIGTERM, then remove every rule.
+    /// Forward the Service's ports until SIGTERM, then leave the rules to the next agent on this
+    /// node (the node is still a target) or remove every rule.
     Run(Box<RunArgs>),
     /// Exec probe: `ready` (rules applied) or `live` (watch loop alive).
     Probe(ProbeArgs),
@@ -116,6 +119,35 @@ struct RunArgs {
     /// Root of the sysctl tree (tests only).
     #[arg(long, default_value = "/proc/sys", hide = true)]
     proc_sys: PathBuf,
+    /// The dataplane this agent's pod was built for (the operator sets it): the kind of network
+    /// namespace it runs in. Default: the dataplane of the first rules it applies.
+    #[arg(long, value_enum)]
+    dataplane: Option<NetnsArg>,
+    /// Host dataplane: at SIGTERM, how long to keep trying to read the ServiceLoadBalancer when
+    /// the API server does not answer (the rules stay if it never does).
+    #[arg(long, default_value_t = 10)]
+    exit_decision_seconds: u64,
+    /// Host dataplane: at SIGTERM, the ServiceLoadBalancer that leaves the rules to the next
+    /// agent must be read at least this long after the signal (the operator may be removing
+    /// this node right then).
+    #[arg(long, default_value_t = 2000)]
+    handover_confirm_ms: u64,
+}
+
+/// `--dataplane`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum NetnsArg {
+    Pod,
+    Host,
+}
+
+impl From<NetnsArg> for portway_crds::DataplaneMode {
+    fn from(a: NetnsArg) -> Self {
+        match a {
+            NetnsArg::Pod => Self::Pod,
+            NetnsArg::Host => Self::Host,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -444,12 +476,18 @@ async fn run(args: RunArgs) -> Result<(), String> {
         host_ips,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         heartbeat: Duration::from_secs(10),
+        dataplane: args.dataplane.map(Into::into),
+        exit: handover::Policy {
+            deadline: Duration::from_secs(args.exit_decision_seconds),
+            confirm: Duration::from_millis(args.handover_confirm_ms),
+            ..handover::Policy::default()
+        },
     };
     let net_env = KernelNet::new(netlink, args.proc_sys.clone());
     let (tx, rx) = mpsc::channel(64);
     let refresh = args.metrics_addr.is_some();
 
-    let removed = if let Some(spec_file) = &args.spec_file {
+    let stopped = if let Some(spec_file) = &args.spec_file {
         source::file_source(
             spec_file.clone(),
             args.endpoints_file.clone(),
@@ -461,8 +499,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let sink = FileStatus {
             path: args.state_dir.join(state::STATUS_FILE),
         };
+        let lookup = FileLookup {
+            path: spec_file.clone(),
+        };
         run_agent(
-            cfg, dataplane, sink, net_env, state, metrics, rx, net_events, refresh,
+            cfg, dataplane, sink, net_env, state, metrics, rx, net_events, lookup, refresh,
         )
         .await
     } else {
@@ -471,25 +512,37 @@ async fn run(args: RunArgs) -> Result<(), String> {
             .map_err(|e| format!("connecting to the API server: {e}"))?;
         tokio::spawn(check_permissions(client.clone(), namespace.clone()));
         source::kube_source(client.clone(), &namespace, &name, tx);
+        let lookup = KubeLookup::new(client.clone(), &namespace, &name);
         let sink = KubeStatus::new(client, &namespace, &name, &args.node);
         run_agent(
-            cfg, dataplane, sink, net_env, state, metrics, rx, net_events, refresh,
+            cfg, dataplane, sink, net_env, state, metrics, rx, net_events, lookup, refresh,
         )
         .await
     };
-    if removed {
-        tracing::info!("stopped; every rule removed");
-        Ok(())
-    } else {
-        Err(
+    match stopped {
+        Stopped::Kept(KeepReason::Successor) => {
+            tracing::info!("stopped; the rules stay for the next agent on this node");
+            Ok(())
+        }
+        Stopped::Kept(_) => {
+            tracing::warn!(
+                "stopped without knowing whether this node still serves; the rules stay"
+            );
+            Ok(())
+        }
+        Stopped::Removed(_) => {
+            tracing::info!("stopped; every rule removed");
+            Ok(())
+        }
+        Stopped::RemoveFailed(_) => Err(
             "stopped, but removing the rules failed (see the log); run `portway-agent cleanup`"
                 .into(),
-        )
+        ),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_agent<D: Dataplane, S: StatusSink>(
+async fn run_agent<D: Dataplane, S: StatusSink, L: ExitLookup>(
     cfg: AgentConfig,
     dataplane: D,
     sink: S,
@@ -498,8 +551,17 @@ async fn run_agent<D: Dataplane, S: StatusSink>(
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<source::Update>,
     net_events: Option<futures::channel::mpsc::UnboundedReceiver<()>>,
+    lookup: L,
     refresh_counters: bool,
-) -> bool {
+) -> Stopped {
     let agent = Agent::new(cfg, dataplane, sink, net_env, Some(state), metrics);
-    agent::run(agent, rx, net_events, shutdown_signal(), refresh_counters).await
+    agent::run(
+        agent,
+        rx,
+        net_events,
+        shutdown_signal(),
+        lookup,
+        refresh_counters,
+    )
+    .await
 }

@@ -7,7 +7,9 @@
 //! - [`dataplane`]: the [`dataplane::Dataplane`] trait and the iptables backend (pure rendering
 //!   and diffing in [`dataplane::iptables::render`], atomic `iptables-restore` batches);
 //! - [`status`] (pure entry + SSA sink), [`net`] and [`forwarding`] (rtnetlink), [`source`]
-//!   (watches or local files), [`agent`] (the loop), [`cli`] (the binary).
+//!   (watches or local files), [`agent`] (the loop), [`cli`] (the binary);
+//! - [`handover`] (pure decision + lookups): at SIGTERM, leave the rules to the next agent on
+//!   this node or remove them.
 //!
 //! See `docs/node-agent.md` and `docs/design-dataplane.md`.
 
@@ -15,6 +17,7 @@ pub mod agent;
 pub mod cli;
 pub mod dataplane;
 pub mod forwarding;
+pub mod handover;
 pub mod metrics;
 pub mod net;
 pub mod permissions;

@@ -178,14 +178,27 @@ async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     )
 }
 
+/// Where to listen for `addr`: the address itself and, for the IPv6 wildcard `[::]`, the IPv4
+/// wildcard after it. On Linux `[::]` takes both families (IPV6_V6ONLY is off by default), so
+/// IPv6-only and dual-stack pods are reachable; where the kernel has no IPv6 the bind of `[::]`
+/// fails and the IPv4 wildcard is used instead (tokio tries the candidates in order).
+pub fn listen_candidates(addr: SocketAddr) -> Vec<SocketAddr> {
+    let mut out = vec![addr];
+    if addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        out.push(SocketAddr::from(([0, 0, 0, 0], addr.port())));
+    }
+    out
+}
+
 /// Serves `/metrics` and `/healthz` on `addr` until the process exits.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving metrics");
+    let listener = tokio::net::TcpListener::bind(listen_candidates(addr).as_slice()).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, "serving metrics");
     axum::serve(listener, app).await
 }
 

@@ -4,17 +4,21 @@
 //! In this order, because each step needs what the next one removes:
 //! 1. **Stop the operator** (`--stop-operator`): scale its Deployment to 0 and wait (bounded) until
 //!    its pods are gone, so nothing re-creates what the next steps delete.
-//! 2. **Delete the node-agent DaemonSets** and wait (bounded) until their pods are gone: each
-//!    agent removes its rules on SIGTERM, which is the clean-up on the nodes. Their RBAC and
-//!    their ServiceLoadBalancers still exist while they shut down. Pods still there at the
-//!    deadline are reported (a pod on an unreachable node stops, and cleans up, when its node
-//!    comes back) and the clean-up goes on.
-//! 3. **Release the Services**: withdraw what Portway's field manager owns in their status
+//! 2. **Delete the ServiceLoadBalancers**: each agent removes its rules when its
+//!    ServiceLoadBalancer disappears (its watch), which is the clean-up on the nodes. An agent
+//!    stopping while its ServiceLoadBalancer still listed its node would instead leave its rules
+//!    to a successor (hitless upgrades, docs/node-agent.md), so they go before the DaemonSets.
+//! 3. **Delete the node-agent DaemonSets** and wait (bounded) until their pods are gone: an agent
+//!    that stops reads its ServiceLoadBalancer once more, finds it gone and removes whatever is
+//!    left. Their RBAC still exists while they shut down. Pods still there at the deadline are
+//!    reported (a pod on an unreachable node stops, and cleans up, when its node comes back) and
+//!    the clean-up goes on.
+//! 4. **Release the Services**: withdraw what Portway's field manager owns in their status
 //!    (`status.loadBalancer.ingress`, the `portway.dev/LoadBalancer` condition) with an empty
 //!    server-side apply, then remove the `servicelb.portway.dev/cleanup` finalizer.
-//! 4. **Delete the ServiceLoadBalancers** and 5. **the agents' `portway-agent-status`
-//!    RoleBindings**; 6. with `--helm-release`, **the chart's default LoadBalancerPool** (an
-//!    install hook creates it, so it is no release object until an upgrade adopts it).
+//! 5. **Delete the agents' `portway-agent-status` RoleBindings**; 6. with `--helm-release`, **the
+//!    chart's default LoadBalancerPool** (an install hook creates it, so it is no release object
+//!    until an upgrade adopts it).
 //!
 //! Only objects that are Portway's are touched: DaemonSets, ServiceLoadBalancers and RoleBindings
 //! carrying Portway's labels, and Services carrying Portway's finalizer or status fields owned
@@ -742,9 +746,9 @@ pub async fn run(client: &Client, opts: &Options) -> Result<Report, Error> {
     if let Some(name) = &opts.stop_operator {
         run.stop_operator(name, deadline).await?;
     }
+    run.delete_service_load_balancers().await?;
     run.delete_daemonsets(deadline).await?;
     run.release_services().await?;
-    run.delete_service_load_balancers().await?;
     run.delete_role_bindings().await?;
     if let Some(release) = &opts.helm_release {
         run.delete_default_pool(release).await?;

@@ -110,6 +110,18 @@ pub fn router(registry: Registry, health: Health) -> Router {
         .with_state(AppState { registry, health })
 }
 
+/// Where to listen for `addr`: the address itself and, for the IPv6 wildcard `[::]`, the IPv4
+/// wildcard after it. On Linux `[::]` takes both families (IPV6_V6ONLY is off by default), so
+/// IPv6-only and dual-stack pods are reachable; where the kernel has no IPv6 the bind of `[::]`
+/// fails and the IPv4 wildcard is used instead (tokio tries the candidates in order).
+pub fn listen_candidates(addr: SocketAddr) -> Vec<SocketAddr> {
+    let mut out = vec![addr];
+    if addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        out.push(SocketAddr::from(([0, 0, 0, 0], addr.port())));
+    }
+    out
+}
+
 /// Serves until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
@@ -117,7 +129,7 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(listen_candidates(addr).as_slice()).await?;
     axum::serve(listener, router(registry, health))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -144,6 +156,35 @@ mod tests {
             .await
             .expect("body");
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// `[::]` takes both families: an IPv6-only pod's kubelet probes its IPv6 address, a
+    /// dual-stack or IPv4 one its IPv4 address.
+    #[tokio::test]
+    async fn the_ipv6_wildcard_listens_on_both_families() {
+        let any6: SocketAddr = "[::]:0".parse().expect("addr");
+        assert_eq!(
+            listen_candidates(any6),
+            [any6, SocketAddr::from(([0, 0, 0, 0], 0))]
+        );
+        let v4: SocketAddr = "127.0.0.1:9463".parse().expect("addr");
+        assert_eq!(listen_candidates(v4), [v4], "a given address is used as is");
+        let listener = tokio::net::TcpListener::bind(listen_candidates(any6).as_slice())
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        for client in ["127.0.0.1", "::1"] {
+            let ip: std::net::IpAddr = client.parse().expect("ip");
+            if ip.is_ipv6() && !listener.local_addr().expect("addr").is_ipv6() {
+                continue; // no IPv6 on this kernel: the IPv4 fallback was bound
+            }
+            let connect = tokio::net::TcpStream::connect((ip, port));
+            let (connected, accepted) = tokio::join!(connect, listener.accept());
+            assert!(
+                connected.is_ok() && accepted.is_ok(),
+                "{client}: {connected:?}"
+            );
+        }
     }
 
     /// A standby must be ready, or a rolling update of the operator Deployment never finishes:

@@ -270,18 +270,18 @@ async fn removes_everything_portway_made_in_order_and_nothing_else() {
         lines(&writes),
         [
             format!("PATCH {SCALE}"),
+            "DELETE /apis/portway.dev/v1alpha1/namespaces/shop/serviceloadbalancers/web".to_owned(),
             format!("DELETE {DAEMONSETS}/portway-shop-web"),
             format!("PATCH {WEB}/status"),
             format!("PATCH {WEB}"),
             format!("PATCH {LOST}/status"),
-            "DELETE /apis/portway.dev/v1alpha1/namespaces/shop/serviceloadbalancers/web".to_owned(),
             "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/portway-agent-status".to_owned(),
             format!("DELETE {POOLS}/default"),
         ]
     );
     assert_eq!(writes[0].body, json!({"spec": {"replicas": 0}}));
     // The status withdrawal: an empty apply by Portway's manager (removes only what it owns).
-    for w in [&writes[2], &writes[4]] {
+    for w in [&writes[3], &writes[5]] {
         assert_eq!(w.body["status"], json!({}), "{}", w.line());
         assert!(
             w.query.contains(&format!(
@@ -295,20 +295,27 @@ async fn removes_everything_portway_made_in_order_and_nothing_else() {
     // The finalizer patch keeps the other finalizer and carries the version the status write
     // returned.
     assert_eq!(
-        writes[3].body["metadata"]["finalizers"],
+        writes[4].body["metadata"]["finalizers"],
         json!(["example.com/keep"])
     );
-    assert_eq!(writes[3].body["metadata"]["resourceVersion"], "2");
+    assert_eq!(writes[4].body["metadata"]["resourceVersion"], "2");
     // Order against the reads: the operator's pods were gone before anything was deleted; the
-    // agents' pods were gone before their RoleBindings and ServiceLoadBalancers went.
+    // ServiceLoadBalancers went before the DaemonSets (so stopping agents remove their rules);
+    // the agents' pods were gone before their RoleBindings went.
     let all = fake.requests();
     let last = |pred: &dyn Fn(&Seen) -> bool| all.iter().rposition(pred).expect("seen");
     let first = |pred: &dyn Fn(&Seen) -> bool| all.iter().position(pred).expect("seen");
     let op_pods_done = last(&|s| s.path == PODS && s.query.contains("component%3Doperator"));
     let agents_done = last(&|s| s.path == PODS && s.query.contains("component%3Dnode-agent"));
     let ds_delete = first(&|s| s.method == "DELETE" && s.path.contains("/daemonsets/"));
+    let slb_delete = first(&|s| s.method == "DELETE" && s.path.contains("/serviceloadbalancers/"));
     let status_write = first(&|s| s.path.ends_with("/status") && s.method == "PATCH");
-    assert!(op_pods_done < ds_delete && ds_delete < agents_done && agents_done < status_write);
+    assert!(
+        op_pods_done < slb_delete
+            && slb_delete < ds_delete
+            && ds_delete < agents_done
+            && agents_done < status_write
+    );
     assert_eq!(
         all.iter()
             .filter(|s| s.path == PODS && s.query.contains("component%3Dnode-agent"))

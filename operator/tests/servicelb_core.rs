@@ -584,6 +584,56 @@ fn port_conflict_names_the_other_service_and_gets_no_daemonset() {
     );
 }
 
+fn target_nodes(p: &ServicePlan) -> Vec<String> {
+    p.service_load_balancer
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .map(|s| s.target_nodes.clone())
+        .unwrap_or_default()
+}
+
+/// A placed Service that no longer wants its DaemonSet (an older Service took its port on every
+/// node) lists no target node, and its DaemonSet is not swept: its own reconcile deletes it
+/// after writing that list, so the agents the deletion stops remove their rules instead of
+/// leaving them for a successor.
+#[test]
+fn a_placed_services_unwanted_daemonset_is_left_to_its_reconcile() {
+    let pools = vec![pool("all", &[("role", "worker")], 0)];
+    let alone = desired_state(
+        &Observed {
+            services: arcs(vec![service("other", "new", &["TCP/443"], 20)]),
+            nodes: arcs(workers()),
+            pools: arcs(pools.clone()),
+            ..Default::default()
+        },
+        &config(),
+    );
+    let served = find(&alone, "other/new");
+    assert_eq!(target_nodes(served), ["w1", "w2", "w3"]);
+    let ds = served.daemonset.clone().expect("DaemonSet");
+    let d = desired_state(
+        &Observed {
+            services: arcs(vec![
+                service("ns", "old", &["TCP/443"], 10),
+                service("other", "new", &["TCP/443"], 20),
+            ]),
+            nodes: arcs(workers()),
+            pools: arcs(pools),
+            daemonsets: arcs(vec![ds]),
+            ..Default::default()
+        },
+        &config(),
+    );
+    let blocked = find(&d, "other/new");
+    assert!(blocked.daemonset.is_none(), "it wants no DaemonSet");
+    assert!(target_nodes(blocked).is_empty(), "and targets no node");
+    assert!(
+        d.cleanup.daemonsets.is_empty(),
+        "left to its reconcile: {:?}",
+        d.cleanup.daemonsets
+    );
+}
+
 #[test]
 fn partly_blocked_service_leaves_blocked_nodes_out_of_its_affinity() {
     let d = converge(
@@ -617,6 +667,11 @@ fn partly_blocked_service_leaves_blocked_nodes_out_of_its_affinity() {
     assert_eq!(
         term["matchExpressions"][0],
         json!({"key": "role", "operator": "In", "values": ["worker"]})
+    );
+    assert_eq!(
+        target_nodes(find(&d, "ns/new")),
+        ["w2"],
+        "targetNodes lists what the affinity selects"
     );
 }
 
@@ -653,8 +708,10 @@ fn daemonset_follows_contract() {
             "shop",
             "--service",
             "web",
+            "--dataplane",
+            "pod",
             "--metrics-addr",
-            "0.0.0.0:9464"
+            "[::]:9464"
         ])
     );
     assert_eq!(
@@ -739,7 +796,15 @@ fn daemonset_follows_contract() {
     );
     assert_eq!(
         pod["containers"][0]["args"],
-        json!(["run", "--namespace", "shop", "--service", "web"])
+        json!([
+            "run",
+            "--namespace",
+            "shop",
+            "--service",
+            "web",
+            "--dataplane",
+            "host"
+        ])
     );
     assert_eq!(
         pod["volumes"][1]["hostPath"],

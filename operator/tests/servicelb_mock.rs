@@ -332,8 +332,8 @@ async fn create_path_then_noop_resync_then_agents_forwarding() {
             format!("PATCH {SVC}"),
             format!("PATCH {RB}"),
             format!("PATCH {SLB}"),
-            format!("PATCH {DS}"),
             format!("PATCH {SLB}/status"),
+            format!("PATCH {DS}"),
             format!("PATCH {SVC}/status"),
             format!("POST {EVENTS}"),
             format!("POST {EVENTS}"),
@@ -371,6 +371,11 @@ async fn create_path_then_noop_resync_then_agents_forwarding() {
         "operator never writes status.nodes"
     );
     assert_eq!(slb_status["status"]["observedGeneration"], 1);
+    assert_eq!(
+        slb_status["status"]["targetNodes"],
+        json!(["w1", "w2"]),
+        "the nodes the DaemonSet targets, written before the DaemonSet (agents read it at exit)"
+    );
     // Placed, not serving yet: the Service says so itself, and publishes no ingress.
     let svc_status = &body_of(&seen, "PATCH", &format!("{SVC}/status"))["status"];
     assert!(svc_status.get("loadBalancer").is_none(), "{svc_status}");
@@ -489,8 +494,8 @@ async fn deletion_with_finalizer_cleans_up_then_releases() {
     assert_eq!(
         lines(&seen),
         [
-            format!("DELETE {DS}"),
             format!("DELETE {SLB}"),
+            format!("DELETE {DS}"),
             format!("PATCH {SVC}/status"),
             format!("PATCH {SVC}")
         ]
@@ -522,8 +527,8 @@ async fn type_change_cleans_up_like_deletion() {
     assert_eq!(
         lines(&w.fake.requests()),
         [
-            format!("DELETE {DS}"),
             format!("DELETE {SLB}"),
+            format!("DELETE {DS}"),
             format!("PATCH {SVC}/status"),
             format!("PATCH {SVC}")
         ]
@@ -561,8 +566,10 @@ async fn orphan_sweep_deletes_what_nothing_desires() {
         writes,
         [
             "PATCH /apis/portway.dev/v1alpha1/loadbalancerpools/all/status".to_owned(),
-            "DELETE /apis/apps/v1/namespaces/portway-system/daemonsets/portway-gone-svc".to_owned(),
+            // ServiceLoadBalancers first: an agent stopped by the DaemonSet's deletion must
+            // find its object gone and remove its rules.
             "DELETE /apis/portway.dev/v1alpha1/namespaces/other/serviceloadbalancers/web".to_owned(),
+            "DELETE /apis/apps/v1/namespaces/portway-system/daemonsets/portway-gone-svc".to_owned(),
             "DELETE /apis/rbac.authorization.k8s.io/v1/namespaces/other/rolebindings/portway-agent-status".to_owned(),
         ]
     );
@@ -943,8 +950,8 @@ async fn unplaced_service_gets_a_condition_then_nothing_then_is_placed_or_releas
             format!("PATCH {SVC}"),
             format!("PATCH {RB}"),
             format!("PATCH {SLB}"),
-            format!("PATCH {DS}"),
             format!("PATCH {SLB}/status"),
+            format!("PATCH {DS}"),
             format!("PATCH {SVC}/status"),
         ]
     );
@@ -1023,8 +1030,8 @@ async fn pool_deleted_under_a_served_service_leaves_the_reason_on_the_service() 
     assert_eq!(
         lines(&seen)[..4],
         [
-            format!("DELETE {DS}"),
             format!("DELETE {SLB}"),
+            format!("DELETE {DS}"),
             format!("PATCH {SVC}/status"),
             format!("PATCH {SVC}"),
         ]

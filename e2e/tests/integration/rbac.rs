@@ -32,6 +32,8 @@ use portway_e2e::envtest::workspace_root;
 use portway_e2e::operator::{self, Operator};
 use portway_e2e::requests::{Mark, RequestLog, describe};
 use portway_e2e::{Identity, TestEnv, objects, report, wait};
+use portway_node_agent::agent::Stopped;
+use portway_node_agent::handover::KeepReason;
 use portway_node_agent::status::StatusError;
 use portway_operator::plan::Key;
 use portway_operator::plan::names::daemonset_name;
@@ -615,18 +617,43 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
         ["192.0.2.1", "192.0.2.2"]
     );
 
-    // A stopping agent reports ShuttingDown and the operator withdraws its node at once.
-    let mut agents = agents.into_iter();
-    let first = agents.next().expect("agent a");
+    // A stopping agent reads its ServiceLoadBalancer (granted `get`): its node is still a
+    // target, so (a rolling update) it leaves its rules and its Forwarding=True entry for the
+    // next agent, and both nodes stay published.
+    let listed = Api::<ServiceLoadBalancer>::namespaced(admin.clone(), &shop)
+        .get("web")
+        .await
+        .expect("slb")
+        .status
+        .unwrap_or_default()
+        .target_nodes;
     assert_eq!(
-        first.stop().await,
-        Some(true),
-        "node-a's agent removed its rules"
+        listed,
+        ["node-a", "node-b"],
+        "the operator lists the targets"
     );
-    wait_ingress(&admin, &shop, "web", &["192.0.2.2"]).await;
     for agent in agents {
-        assert_eq!(agent.stop().await, Some(true));
+        assert_eq!(
+            agent.stop().await,
+            Some(Stopped::Kept(KeepReason::Successor)),
+            "a replaced agent leaves its rules"
+        );
     }
+    let entries = Api::<ServiceLoadBalancer>::namespaced(admin.clone(), &shop)
+        .get("web")
+        .await
+        .expect("slb")
+        .status
+        .unwrap_or_default()
+        .nodes;
+    assert!(
+        entries.iter().all(|e| e
+            .conditions
+            .iter()
+            .all(|c| c.reason == reasons::RULES_APPLIED)),
+        "no ShuttingDown written by a replaced agent: {entries:?}"
+    );
+    wait_ingress(&admin, &shop, "web", &["192.0.2.1", "192.0.2.2"]).await;
     for log in &agent_logs {
         let refused = log.answered_since(Mark::START, 403);
         assert!(

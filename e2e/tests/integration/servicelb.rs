@@ -279,8 +279,10 @@ async fn load_balancer_service_lifecycle_with_the_real_operator() {
             ns.as_str(),
             "--service",
             "web",
+            "--dataplane",
+            "pod",
             "--metrics-addr",
-            "0.0.0.0:9464"
+            "[::]:9464"
         ]
     );
     let mut host_ports: Vec<(String, i32, i32, String)> = agent
@@ -317,12 +319,20 @@ async fn load_balancer_service_lifecycle_with_the_real_operator() {
         .expect("required node affinity");
     assert_eq!(terms.len(), 1, "{terms:?}");
     let exprs = terms[0].match_expressions.clone().unwrap_or_default();
-    assert_eq!(exprs.len(), 1, "{exprs:?}");
+    assert_eq!(exprs.len(), 2, "{exprs:?}");
     assert_eq!(
         (exprs[0].key.as_str(), exprs[0].operator.as_str()),
         (POOL_LABEL, "In")
     );
     assert_eq!(exprs[0].values.clone().unwrap_or_default(), ["edge"]);
+    // Nodes opted out of external load balancers never run an agent.
+    assert_eq!(
+        (exprs[1].key.as_str(), exprs[1].operator.as_str()),
+        (
+            "node.kubernetes.io/exclude-from-external-load-balancers",
+            "DoesNotExist"
+        )
+    );
     assert_eq!(pod.service_account_name.as_deref(), Some("portway-agent"));
     assert_eq!(
         pod.priority_class_name.as_deref(),

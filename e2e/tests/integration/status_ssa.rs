@@ -1,6 +1,6 @@
 //! Server-side apply of `ServiceLoadBalancer` status as contract 1 designs it: each node agent
 //! applies only `status.nodes[node=<its node>]` as field manager `portway-agent/<node>` (force);
-//! the operator applies `spec` and `status.{observedGeneration,conditions}` as
+//! the operator applies `spec` and `status.{observedGeneration,conditions,targetNodes}` as
 //! `servicelb.portway.dev` (force) and never sends `status.nodes`. Two agents (each with its own
 //! client) and the operator must never overwrite or drop each other's fields.
 
@@ -66,7 +66,7 @@ async fn operator_apply_spec(client: &Client, ns: &str, ports: &[i32]) -> Servic
         .expect("operator spec apply")
 }
 
-/// The operator's status apply: only observedGeneration and conditions.
+/// The operator's status apply: only observedGeneration, conditions and targetNodes.
 async fn operator_apply_status(
     client: &Client,
     ns: &str,
@@ -76,6 +76,7 @@ async fn operator_apply_status(
     let status = ServiceLoadBalancerStatus {
         observed_generation: Some(generation),
         conditions,
+        target_nodes: vec!["node-a".to_owned()],
         nodes: Vec::new(),
     };
     let status = serde_json::to_value(&status).expect("serialize");

@@ -161,6 +161,63 @@ fn run_sh_skips_for_each_missing_tool_and_fails_when_required() {
     ));
 }
 
+/// The local cluster (`--cluster local`) skips with one line without its Kubernetes binaries,
+/// fails under `PORTWAY_E2E_REQUIRE=1`, and an unknown cluster is a usage error.
+#[test]
+fn run_sh_local_cluster_skips_without_its_binaries_and_fails_when_required() {
+    let bin = fake_path(&BASICS, &[]);
+    let empty = tempfile::tempdir().expect("temp dir");
+    let empty_dir = empty.path().display().to_string();
+    let no_etcd = format!("SKIP e2e (local ipv4): PORTWAY_K8S_BIN={empty_dir} has no etcd");
+    // (what, environment, expected first line)
+    type EnvCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [EnvCase<'_>; 2] = [
+        (
+            "no PORTWAY_K8S_BIN",
+            vec![],
+            "SKIP e2e (local ipv4): PORTWAY_K8S_BIN is not set",
+        ),
+        (
+            "an empty PORTWAY_K8S_BIN",
+            vec![("PORTWAY_K8S_BIN", empty_dir.as_str())],
+            no_etcd.as_str(),
+        ),
+    ];
+    for (what, env, expected) in &cases {
+        let out = run_with_path(bin.path(), env, &["--cluster", "local", "ipv4"]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{what}: {stdout}{stderr}");
+        assert!(
+            stdout.starts_with(expected),
+            "{what}: expected {expected:?}, got {stdout:?} {stderr:?}"
+        );
+        assert_eq!(
+            stdout.lines().count(),
+            1,
+            "{what}: one line only: {stdout:?}"
+        );
+        assert!(
+            !stdout.contains("passed"),
+            "{what}: a skip reports no pass: {stdout}"
+        );
+        let mut required = env.clone();
+        required.push(("PORTWAY_E2E_REQUIRE", "1"));
+        let out = run_with_path(bin.path(), &required, &["--cluster=local", "ipv4"]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what} required: {stdout}{stderr}"
+        );
+        assert!(stdout.starts_with(expected), "{what} required: {stdout}");
+    }
+    let out = run_with_path(bin.path(), &[], &["--cluster", "minikube", "ipv4"]);
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    report::line(
+        "run.sh --cluster local: skips with exit 0 without PORTWAY_K8S_BIN or its binaries (exit 1 under PORTWAY_E2E_REQUIRE=1)",
+    );
+}
+
 #[test]
 fn run_sh_skips_on_this_machine_without_docker() {
     let docker_works = which("docker").is_some_and(|d| {
@@ -300,6 +357,21 @@ fn run_sh_installs_a_default_cluster_cidr_equal_to_each_pod_subnet() {
             "{name}"
         );
         assert_eq!(pod["containers"][0]["imagePullPolicy"], "Never", "{name}");
+        // IPv6 Services in the Pod dataplane need the forwarding sysctl in the agent pods; the
+        // variant's kubelets must allow what the chart then asks for.
+        let sysctls = args.contains(&"--agent-forwarding-sysctls=true");
+        assert_eq!(sysctls, variant.has_v6(), "{name}: {args:?}");
+        let allowed = portway_e2e::kind::kubelet_allowed_unsafe_sysctls(
+            &config.kubeadm_patches().expect("patches"),
+        );
+        if sysctls {
+            for s in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+                assert!(
+                    allowed.iter().any(|a| a == s),
+                    "{name}: kubelets do not allow {s}"
+                );
+            }
+        }
         // The chicken-and-egg: the operator must start before any node is Ready.
         assert_eq!(pod["hostNetwork"], true, "{name}");
         let tolerates_not_ready = pod["tolerations"]

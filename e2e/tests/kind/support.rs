@@ -33,6 +33,8 @@ pub type R<T> = Result<T, String>;
 pub const SERVE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long clean-up (DaemonSet, agent pods, rules) may take; agents have 30 s of grace.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound of one `helm upgrade --wait`.
+pub const HELM_TIMEOUT: &str = "5m";
 /// Overall budget of one test.
 pub const TEST_BUDGET: Duration = Duration::from_secs(600);
 /// The backend's HTTP port (agnhost netexec).
@@ -141,7 +143,7 @@ impl Cluster {
     /// Runs a shell script in a node's container (`docker exec`; kind's nodes are containers named
     /// like their Node objects).
     pub fn node_exec(&self, node: &str, script: &str) -> R<String> {
-        let out = Command::new(std::env::var("PORTWAY_E2E_NODE_EXEC").unwrap_or("docker".into()))
+        let out = Command::new(node_exec_program())
             .args(["exec", node, "sh", "-c", script])
             .output()
             .map_err(|e| format!("docker exec {node}: {e}"))?;
@@ -153,6 +155,116 @@ impl Cluster {
             ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl <args>` against the cluster under test: its stdout, or what went wrong. Async, so
+    /// a request loop on the same runtime keeps going while kubectl waits (a drain, a rollout).
+    pub async fn kubectl(&self, args: &[&str]) -> R<String> {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        let out = cmd.output().await;
+        command_output("kubectl", args, out)
+    }
+
+    /// [`Cluster::kubectl`] for `Drop` guards, where nothing else runs any more.
+    pub fn kubectl_blocking(&self, args: &[&str]) -> R<String> {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output();
+        command_output("kubectl", args, out)
+    }
+
+    /// `helm <args>` (`$PORTWAY_E2E_HELM`, else `helm` on PATH) against the cluster under test.
+    pub async fn helm(&self, args: &[&str]) -> R<String> {
+        let helm = helm_program();
+        let mut cmd = tokio::process::Command::new(&helm);
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        let out = cmd.output().await;
+        command_output(&helm, args, out)
+    }
+
+    /// [`Cluster::helm`] for `Drop` guards.
+    pub fn helm_blocking(&self, args: &[&str]) -> R<String> {
+        let helm = helm_program();
+        let out = Command::new(&helm)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output();
+        command_output(&helm, args, out)
+    }
+
+    /// `helm upgrade --reuse-values --wait` of the release under test with the chart of this
+    /// checkout and `sets` (e.g. `["--set-string", "image.tag=x"]`).
+    pub async fn helm_upgrade(&self, sets: &[&str]) -> R<()> {
+        let args = self.helm_upgrade_args(sets);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.helm(&refs).await.map(|_| ())
+    }
+
+    /// [`Cluster::helm_upgrade`] for `Drop` guards.
+    pub fn helm_upgrade_blocking(&self, sets: &[&str]) -> R<()> {
+        let args = self.helm_upgrade_args(sets);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.helm_blocking(&refs).map(|_| ())
+    }
+
+    fn helm_upgrade_args(&self, sets: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "upgrade".into(),
+            self.release(),
+            self.chart(),
+            "--namespace".into(),
+            self.namespace.clone(),
+            "--reuse-values".into(),
+            "--wait".into(),
+            "--timeout".into(),
+            HELM_TIMEOUT.into(),
+        ];
+        args.extend(sets.iter().map(|s| (*s).to_owned()));
+        args
+    }
+
+    /// The chart in this checkout, for `helm upgrade`.
+    pub fn chart(&self) -> String {
+        portway_e2e::envtest::workspace_root()
+            .join("charts/portway")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The Helm release of Portway under test (`$PORTWAY_E2E_RELEASE`, default `portway`).
+    pub fn release(&self) -> String {
+        std::env::var("PORTWAY_E2E_RELEASE").unwrap_or_else(|_| "portway".to_owned())
+    }
+
+    /// A second tag of both Portway images, loaded into the nodes beside the installed one, for
+    /// upgrade tests (`$PORTWAY_E2E_NEXT_IMAGE_TAG`; `e2e/run.sh` loads `e2e-next`).
+    pub fn next_image_tag(&self) -> R<String> {
+        std::env::var("PORTWAY_E2E_NEXT_IMAGE_TAG").map_err(|_| {
+            "PORTWAY_E2E_NEXT_IMAGE_TAG is not set: e2e/run.sh loads a second image tag for upgrade tests".to_owned()
+        })
+    }
+
+    /// Stops or starts a node's kubelet: `$PORTWAY_E2E_NODE_CTL kubelet stop|start <node>` (the
+    /// local harness sets it to its `portway-cluster`), else `systemctl` in the node's container
+    /// (kind's nodes run systemd), through the node-exec program.
+    pub async fn kubelet(&self, node: &str, action: KubeletAction) -> R<()> {
+        let (program, args) = kubelet_command(node, action);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = tokio::process::Command::new(&program)
+            .args(&refs)
+            .output()
+            .await;
+        command_output(&program, &refs, out).map(|_| ())
+    }
+
+    /// [`Cluster::kubelet`] for `Drop` guards.
+    fn kubelet_blocking(&self, node: &str, action: KubeletAction) -> R<()> {
+        let (program, args) = kubelet_command(node, action);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = Command::new(&program).args(&refs).output();
+        command_output(&program, &refs, out).map(|_| ())
     }
 
     /// Every iptables rule and chain declaration in a node's network namespace, of both families
@@ -382,6 +494,131 @@ pub fn packets(lines: &[String]) -> u64 {
 /// A condition of a list by type.
 pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The program and arguments that stop or start a node's kubelet (see [`Cluster::kubelet`]).
+fn kubelet_command(node: &str, action: KubeletAction) -> (String, Vec<String>) {
+    let verb = match action {
+        KubeletAction::Stop => "stop",
+        KubeletAction::Start => "start",
+    };
+    match std::env::var("PORTWAY_E2E_NODE_CTL") {
+        Ok(ctl) => (ctl, ["kubelet", verb, node].map(str::to_owned).to_vec()),
+        Err(_) => (
+            node_exec_program(),
+            ["exec", node, "systemctl", verb, "kubelet"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
+    }
+}
+
+/// `$PORTWAY_E2E_NODE_EXEC` (called as `<program> exec <node> <command...>`), else `docker`.
+fn node_exec_program() -> String {
+    std::env::var("PORTWAY_E2E_NODE_EXEC").unwrap_or_else(|_| "docker".to_owned())
+}
+
+/// `$PORTWAY_E2E_HELM`, else `helm` on PATH.
+fn helm_program() -> String {
+    std::env::var("PORTWAY_E2E_HELM").unwrap_or_else(|_| "helm".to_owned())
+}
+
+/// A finished command's stdout, or what went wrong (the command, its output).
+fn command_output(
+    program: &str,
+    args: &[&str],
+    out: std::io::Result<std::process::Output>,
+) -> R<String> {
+    let out = out.map_err(|e| format!("{program} {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What [`Cluster::kubelet`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeletAction {
+    Stop,
+    Start,
+}
+
+/// Undoes a disruption of a node when the test ends, also when it fails, so later tests find
+/// every node schedulable and its kubelet running.
+pub struct NodeRestore {
+    cluster: Cluster,
+    node: String,
+    uncordon: bool,
+    start_kubelet: bool,
+}
+
+impl NodeRestore {
+    pub fn new(cluster: &Cluster, node: &str) -> Self {
+        NodeRestore {
+            cluster: cluster.clone(),
+            node: node.to_owned(),
+            uncordon: false,
+            start_kubelet: false,
+        }
+    }
+
+    /// Uncordon the node at the end.
+    pub fn uncordon(&mut self) {
+        self.uncordon = true;
+    }
+
+    /// Start the node's kubelet at the end.
+    pub fn start_kubelet(&mut self) {
+        self.start_kubelet = true;
+    }
+
+    /// Nothing left to undo (the test did it itself).
+    pub fn done(&mut self) {
+        self.uncordon = false;
+        self.start_kubelet = false;
+    }
+}
+
+impl Drop for NodeRestore {
+    fn drop(&mut self) {
+        if self.start_kubelet {
+            let _ = self
+                .cluster
+                .kubelet_blocking(&self.node, KubeletAction::Start);
+        }
+        if self.uncordon {
+            let _ = self.cluster.kubectl_blocking(&["uncordon", &self.node]);
+        }
+    }
+}
+
+/// Whether a Node's `Ready` condition is `True`.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until Node `name` is Ready (`true`) or not (`false`).
+pub async fn wait_node_ready(
+    cluster: &Cluster,
+    name: &str,
+    ready: bool,
+    timeout: Duration,
+) -> R<()> {
+    let api = cluster.all::<Node>();
+    wait::eventually(&format!("Node {name} Ready={ready}"), timeout, || async {
+        let node = api.get(name).await.ok()?;
+        (node_ready(&node) == ready).then_some(())
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Deletes what a test created when the test ends, also when it fails: namespaces (everything
@@ -812,6 +1049,42 @@ pub async fn delete_service_and_wait(cluster: &Cluster, ns: &str, name: &str) ->
         Ok(()) => Ok(()),
         Err(e) => Err(format!("{e}\n{}", cluster.describe(ns, name).await)),
     }
+}
+
+/// A Service on the default pool (Pod dataplane, every worker) with a two-pod backend, served
+/// from every worker: its namespace, and the workers' published addresses.
+pub async fn served_on_workers(
+    cluster: &Cluster,
+    prefix: &str,
+    port: i32,
+    cleanup: &mut Cleanup,
+) -> R<(String, BTreeSet<IpAddr>)> {
+    let ns = namespace(cluster, prefix, cleanup).await?;
+    backend(cluster, &ns, "web", None, 2).await?;
+    let opts = ServiceOptions {
+        port,
+        local: false,
+        pool: None,
+        app: None,
+    };
+    service(cluster, &ns, "web", &opts).await?;
+    let workers = cluster.workers().await?;
+    let expected = expected_ingress(&workers, &cluster.families());
+    wait_ingress(cluster, &ns, "web", &expected, SERVE_TIMEOUT).await?;
+    for ip in &expected {
+        http_get_eventually(*ip, port, "/hostname", SERVE_TIMEOUT).await?;
+    }
+    Ok((ns, expected))
+}
+
+/// The operator Deployment's pods (by the chart's component label).
+pub async fn operator_pods(cluster: &Cluster) -> R<Vec<Pod>> {
+    cluster
+        .api::<Pod>(&cluster.namespace)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await
+        .map(|l| l.items)
+        .map_err(|e| format!("list operator pods: {e}"))
 }
 
 /// Runs a test body under [`TEST_BUDGET`] and turns its error into a panic with the message.

@@ -16,6 +16,8 @@ use portway_crds::{
 use super::*;
 use crate::dataplane::{ApplyReport, DataplaneError, FamilyReport, RuleCounter};
 use crate::forwarding::{FamilyState, ForwardingReport};
+use crate::handover::lookup::ExitLookup;
+use crate::handover::{Seen, SlbFacts};
 use crate::net::Served;
 use crate::status::{KubeStatus, StatusError, StatusSink};
 
@@ -123,6 +125,8 @@ fn cfg() -> AgentConfig {
         host_ips: vec![ip("192.0.2.10")],
         resync: Duration::from_secs(30),
         heartbeat: Duration::from_secs(10),
+        dataplane: None,
+        exit: crate::handover::Policy::default(),
     }
 }
 
@@ -299,8 +303,8 @@ async fn a_deleted_service_removes_the_rules_and_shutdown_reports() {
     assert!(!s.ready);
     a.reconcile(&gone).await;
     assert_eq!(a.dataplane.cleanups, 1, "cleaned once, not on every resync");
-    assert!(a.shutdown(&o).await);
-    assert_eq!(a.dataplane.cleanups, 2, "shutdown always cleans");
+    assert!(a.remove_and_report(&o).await);
+    assert_eq!(a.dataplane.cleanups, 2, "removing always cleans");
     let last = a.sink.written.last().expect("shutdown reported");
     assert_eq!(last.conditions[0].reason, reasons::SHUTTING_DOWN);
     assert!(last.addresses.is_empty());
@@ -393,6 +397,7 @@ async fn the_loop_reconciles_on_updates_and_cleans_up_on_shutdown() {
         async move {
             let _ = stop_rx.await;
         },
+        Reads(vec![Seen::Gone]),
         false,
     ));
     tx.send(Update::Slices(vec![])).await.expect("send");
@@ -401,9 +406,158 @@ async fn the_loop_reconciles_on_updates_and_cleans_up_on_shutdown() {
         .expect("send");
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop_tx.send(()).expect("stop");
-    let removed = tokio::time::timeout(Duration::from_secs(5), handle)
+    let stopped = tokio::time::timeout(Duration::from_secs(5), handle)
         .await
         .expect("loop ended")
         .expect("no panic");
-    assert!(removed);
+    assert_eq!(stopped, Stopped::Removed(RemoveReason::ServiceGone));
+}
+
+/// Exit reads served in order (the last one repeats); records when each read happened.
+struct Reads(Vec<Seen>);
+
+impl ExitLookup for Reads {
+    async fn read(&mut self, _: Duration) -> Seen {
+        if self.0.len() > 1 {
+            self.0.remove(0)
+        } else {
+            self.0.first().cloned().unwrap_or(Seen::Gone)
+        }
+    }
+}
+
+fn targets(dataplane: DataplaneMode, nodes: &[&str]) -> Seen {
+    Seen::Present(SlbFacts {
+        deleting: false,
+        dataplane,
+        target_nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+    })
+}
+
+fn host_agent() -> Agent<FakeDataplane, CaptureSink, FakeNet> {
+    let mut c = cfg();
+    c.dataplane = Some(DataplaneMode::Host);
+    Agent::new(
+        c,
+        FakeDataplane::default(),
+        CaptureSink::default(),
+        net(),
+        None,
+        Arc::new(Metrics::new().expect("metrics")),
+    )
+    .with_clock(pinned)
+}
+
+fn host_slb() -> ServiceLoadBalancer {
+    let mut s = slb(1, http());
+    s.spec.dataplane = DataplaneMode::Host;
+    s
+}
+
+/// A replaced agent whose node is still a target leaves its rules and its status entry alone;
+/// one whose node left (or whose Service is gone) removes them and reports ShuttingDown.
+#[tokio::test(start_paused = true)]
+async fn at_exit_the_rules_stay_only_for_a_successor() {
+    let o = observed(host_slb());
+    let mut a = host_agent();
+    a.reconcile(&o).await;
+    let written = a.sink.written.len();
+    let d = a
+        .decide_exit(&mut Reads(vec![targets(DataplaneMode::Host, &["node-a"])]))
+        .await;
+    assert_eq!(a.finish(d, &o).await, Stopped::Kept(KeepReason::Successor));
+    assert_eq!(a.dataplane.cleanups, 0, "no rule removed");
+    assert_eq!(a.sink.written.len(), written, "no ShuttingDown written");
+
+    for (seen, reason) in [
+        (
+            targets(DataplaneMode::Host, &["node-b"]),
+            RemoveReason::NodeNotTargeted,
+        ),
+        (Seen::Gone, RemoveReason::ServiceGone),
+        (
+            targets(DataplaneMode::Pod, &["node-a"]),
+            RemoveReason::DataplaneChanged,
+        ),
+    ] {
+        let mut a = host_agent();
+        a.reconcile(&o).await;
+        let d = a.decide_exit(&mut Reads(vec![seen])).await;
+        assert_eq!(a.finish(d, &o).await, Stopped::Removed(reason));
+        assert_eq!(a.dataplane.cleanups, 1, "{reason:?}");
+        let last = a.sink.written.last().expect("reported");
+        assert_eq!(last.conditions[0].reason, reasons::SHUTTING_DOWN);
+    }
+}
+
+/// Host dataplane: a keep read right at SIGTERM is read again after the confirm time, so a node
+/// the operator removes meanwhile is cleaned; an unanswered API is retried until it answers or
+/// the deadline passes, and then the rules stay.
+#[tokio::test(start_paused = true)]
+async fn host_reads_are_confirmed_and_retried_within_the_deadline() {
+    let a = host_agent();
+    let start = tokio::time::Instant::now();
+    let d = a
+        .decide_exit(&mut Reads(vec![
+            targets(DataplaneMode::Host, &["node-a"]),
+            targets(DataplaneMode::Host, &["node-b"]),
+        ]))
+        .await;
+    assert_eq!(d, Decision::Remove(RemoveReason::NodeNotTargeted));
+    assert_eq!(start.elapsed(), a.cfg.exit.confirm);
+
+    let start = tokio::time::Instant::now();
+    let lost = Seen::Unreachable("refused".into());
+    let d = a
+        .decide_exit(&mut Reads(vec![
+            lost.clone(),
+            lost.clone(),
+            targets(DataplaneMode::Host, &["node-a"]),
+        ]))
+        .await;
+    assert_eq!(d, Decision::Keep(KeepReason::Successor));
+    assert!(start.elapsed() >= a.cfg.exit.confirm);
+
+    let start = tokio::time::Instant::now();
+    let d = a.decide_exit(&mut Reads(vec![lost])).await;
+    assert_eq!(d, Decision::Keep(KeepReason::Unreachable));
+    assert!(
+        start.elapsed() <= a.cfg.exit.deadline,
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// Pod dataplane: one read, no waiting (the rules go with the pod's network namespace).
+#[tokio::test(start_paused = true)]
+async fn pod_decides_on_one_read() {
+    let mut a = agent(net(), None);
+    a.reconcile(&observed(slb(1, http()))).await;
+    let start = tokio::time::Instant::now();
+    let d = a
+        .decide_exit(&mut Reads(vec![
+            targets(DataplaneMode::Pod, &["node-a"]),
+            Seen::Gone,
+        ]))
+        .await;
+    assert_eq!(d, Decision::Keep(KeepReason::Successor));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let d = a
+        .decide_exit(&mut Reads(vec![Seen::Unreachable("x".into())]))
+        .await;
+    assert_eq!(d, Decision::Keep(KeepReason::Unreachable));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+/// An agent built for the Host dataplane does not install rules of the Pod dataplane in the
+/// node's namespace (the pool changed its dataplane; its pod is about to be replaced).
+#[tokio::test]
+async fn an_agent_keeps_its_rules_when_the_dataplane_changes_under_it() {
+    let mut a = host_agent();
+    a.reconcile(&observed(host_slb())).await;
+    assert_eq!(a.dataplane.applied.len(), 1);
+    let s = a.reconcile(&observed(slb(2, http()))).await;
+    assert_eq!(a.dataplane.applied.len(), 1, "no Pod rules applied");
+    assert_eq!(a.dataplane.cleanups, 0);
+    assert!(s.ready, "the Host rules still forward");
 }

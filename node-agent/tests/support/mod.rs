@@ -6,6 +6,8 @@
 //! are unused in some of them.
 #![allow(dead_code)]
 
+pub mod handover;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};

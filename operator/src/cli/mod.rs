@@ -58,7 +58,7 @@ mod tests {
         assert!(args.leader_election);
         assert_eq!(args.servicelb.load_balancer_class, "x/y");
         assert_eq!(args.servicelb.agent_service_account, "portway-agent");
-        assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:9463");
+        assert_eq!(args.metrics_addr.to_string(), "[::]:9463");
         let cli =
             Cli::try_parse_from(["portway", "plan", "examples", "-o", "wide"]).expect("parses");
         assert!(matches!(cli.command, Command::Plan(a) if a.output == plan::Format::Wide));

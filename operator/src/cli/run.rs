@@ -26,8 +26,9 @@ pub struct Args {
     #[arg(long, env = "PORTWAY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
 
-    /// Address of the `/metrics`, `/healthz` and `/readyz` listener.
-    #[arg(long, env = "PORTWAY_METRICS_ADDR", default_value = "0.0.0.0:9463")]
+    /// Address of the `/metrics`, `/healthz` and `/readyz` listener. `[::]` listens on both
+    /// families (IPv4 alone where the kernel has no IPv6).
+    #[arg(long, env = "PORTWAY_METRICS_ADDR", default_value = "[::]:9463")]
     pub metrics_addr: SocketAddr,
 
     /// Skip the start-up RBAC check (SelfSubjectAccessReview of every permission used).

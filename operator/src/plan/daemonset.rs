@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
+};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ExecAction, HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
@@ -11,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use portway_crds::selector::LabelSelectorOperator;
 use portway_crds::{DataplaneMode, IpFamily, LoadBalancerPool};
 
@@ -140,12 +143,16 @@ pub fn build(
     let host = dataplane == DataplaneMode::Host;
     let labels = names::daemonset_labels(service, pool_name);
 
+    // `--dataplane`: the agent learns which network namespace it runs in, so that at SIGTERM it
+    // leaves its rules to a successor only when the successor runs in the same one.
     let mut args = vec![
         "run".to_owned(),
         "--namespace".to_owned(),
         service.namespace.clone(),
         "--service".to_owned(),
         service.name.clone(),
+        "--dataplane".to_owned(),
+        if host { "host" } else { "pod" }.to_owned(),
     ];
     let mut ports: Vec<ContainerPort> = shape
         .ports
@@ -159,7 +166,8 @@ pub fn build(
         })
         .collect();
     if !host {
-        args.extend(["--metrics-addr".to_owned(), "0.0.0.0:9464".to_owned()]);
+        // Both families: a probe or a scrape of an IPv6-only pod must reach it too.
+        args.extend(["--metrics-addr".to_owned(), "[::]:9464".to_owned()]);
         ports.push(ContainerPort {
             name: Some("metrics".to_owned()),
             container_port: AGENT_METRICS_PORT,
@@ -312,6 +320,7 @@ pub fn build(
                 }),
                 spec: Some(pod),
             },
+            update_strategy: Some(update_strategy()),
             ..Default::default()
         }),
         status: None,
@@ -319,6 +328,22 @@ pub fn build(
     let hash = desired_hash(&ds);
     ds.metadata.annotations = Some(BTreeMap::from([(DESIRED_HASH_ANNOTATION.to_owned(), hash)]));
     ds
+}
+
+/// Rolling updates one node at a time, the old pod first (the API server's defaults, written out
+/// because they are a decision): a surge pod could not start while the old one holds the node's
+/// host ports (the scheduler's NodePorts filter, both dataplanes), so `maxSurge` must stay 0. In
+/// the Host dataplane the rules stay in the node's namespace through the replacement
+/// (docs/node-agent.md, "Upgrades and restarts"); in the Pod dataplane each node stops
+/// forwarding while its pod is replaced, one node at a time.
+pub fn update_strategy() -> DaemonSetUpdateStrategy {
+    DaemonSetUpdateStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update: Some(RollingUpdateDaemonSet {
+            max_surge: Some(IntOrString::Int(0)),
+            max_unavailable: Some(IntOrString::Int(1)),
+        }),
+    }
 }
 
 /// Hash of what the operator sets on a DaemonSet (labels and spec).

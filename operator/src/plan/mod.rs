@@ -348,8 +348,11 @@ pub fn cleanup(
         let Some(target) = names::daemonset_target(ds) else {
             continue;
         };
+        // A placed Service's own DaemonSet is left to its reconcile even when it no longer
+        // wants one: the reconcile first writes `targetNodes` without the nodes, so that the
+        // agents the deletion stops remove their rules instead of leaving them to a successor.
         let wanted = assignment.services.get(&target).is_some_and(|a| {
-            a.wants_daemonset()
+            (a.wants_daemonset() || a.is_placed())
                 && a.daemonset_name == ds.metadata.name.as_deref().unwrap_or_default()
         });
         if !wanted {

@@ -499,6 +499,9 @@ fn plan_placed(
         status: Some(ServiceLoadBalancerStatus {
             observed_generation: generation,
             conditions: merged,
+            // What the DaemonSet's node affinity selects: a stopping agent reads it to tell a
+            // replacement (its node is listed) from a removal.
+            target_nodes: assignment.node_names(&placed.usable),
             nodes: Vec::new(),
         }),
     });

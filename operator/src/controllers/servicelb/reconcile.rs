@@ -132,6 +132,10 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
                 return Ok(Action::requeue(ctx.resync));
             };
             let generation = writes::apply_slb(ctx, slb, live_slb.as_deref()).await?;
+            // The status (with `targetNodes`) before the DaemonSet: an agent the DaemonSet
+            // change stops must read whether its node is still a target (docs/node-agent.md,
+            // "Upgrades and restarts"). A failed status write stops here, DaemonSet unchanged.
+            writes::apply_slb_status(ctx, slb, live_slb.as_deref(), generation).await?;
             match (&plan.daemonset, &live_ds) {
                 (Some(ds), live) => writes::apply_daemonset(ctx, ds, live.as_deref()).await?,
                 (None, Some(_)) => {
@@ -140,7 +144,6 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
                 }
                 (None, None) => {}
             }
-            writes::apply_slb_status(ctx, slb, live_slb.as_deref(), generation).await?;
             writes::apply_service_status(
                 ctx,
                 svc,
@@ -195,9 +198,12 @@ pub async fn reconcile_service(svc: &Service, ctx: &Context) -> Result<Action, E
     Ok(Action::requeue(ctx.resync))
 }
 
-/// Removes what Portway made for a Service: its DaemonSet, its ServiceLoadBalancer and the
+/// Removes what Portway made for a Service: its ServiceLoadBalancer, its DaemonSet and the
 /// ingress it published; leaves `condition` as Portway's condition on the Service (why it is not
-/// placed), or withdraws Portway's condition when `None` (no longer Portway's Service).
+/// placed), or withdraws Portway's condition when `None` (no longer Portway's Service). The
+/// ServiceLoadBalancer goes first: its agents remove their rules when it disappears, and an agent
+/// the DaemonSet's deletion stops must not find it still listing its node (it would leave its
+/// rules for a successor that never comes).
 async fn cleanup(
     ctx: &Context,
     svc: &Service,
@@ -207,12 +213,12 @@ async fn cleanup(
     condition: Option<&Condition>,
 ) -> Result<Option<String>, Error> {
     let key = Key::of(&svc.metadata);
+    if has_slb {
+        writes::delete::<ServiceLoadBalancer>(ctx, &key, "serviceloadbalancers").await?;
+    }
     if has_ds {
         let ds_key = Key::new(&ctx.args.namespace, daemonset_name);
         writes::delete::<DaemonSet>(ctx, &ds_key, "daemonsets").await?;
-    }
-    if has_slb {
-        writes::delete::<ServiceLoadBalancer>(ctx, &key, "serviceloadbalancers").await?;
     }
     writes::apply_service_status(ctx, svc, &[], condition).await
 }

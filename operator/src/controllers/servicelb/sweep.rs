@@ -59,15 +59,17 @@ pub async fn sweep(ctx: &Context) -> Result<SweepReport, Error> {
             keep(writes::apply_pool_status(ctx, &live, &pool.status).await);
         }
     }
-    for key in &desired.cleanup.daemonsets {
-        info!(daemonset = %key, "deleting orphaned node-agent DaemonSet");
-        keep(writes::delete::<DaemonSet>(ctx, key, "daemonsets").await);
-        report.deleted_daemonsets += 1;
-    }
+    // ServiceLoadBalancers before DaemonSets: an agent stopped by its DaemonSet's deletion must
+    // find its ServiceLoadBalancer gone (and remove its rules), not still listing its node.
     for key in &desired.cleanup.service_load_balancers {
         info!(service_load_balancer = %key, "deleting ServiceLoadBalancer of a Service Portway no longer serves");
         keep(writes::delete::<ServiceLoadBalancer>(ctx, key, "serviceloadbalancers").await);
         report.deleted_service_load_balancers += 1;
+    }
+    for key in &desired.cleanup.daemonsets {
+        info!(daemonset = %key, "deleting orphaned node-agent DaemonSet");
+        keep(writes::delete::<DaemonSet>(ctx, key, "daemonsets").await);
+        report.deleted_daemonsets += 1;
     }
     for key in &desired.cleanup.role_bindings {
         info!(role_binding = %key, "deleting agent RoleBinding of a namespace without served Services");

@@ -146,7 +146,9 @@ pub async fn apply_slb(
 }
 
 /// Applies the operator's part of the ServiceLoadBalancer status (never `status.nodes`, which
-/// belongs to the agents) when it differs.
+/// belongs to the agents) when it differs: conditions, and `targetNodes`, which the reconcile
+/// writes before the DaemonSet so that an agent stopped by a DaemonSet change already reads
+/// whether its node is still a target.
 pub async fn apply_slb_status(
     ctx: &Context,
     desired: &ServiceLoadBalancer,
@@ -164,6 +166,7 @@ pub async fn apply_slb_status(
     let live_status = live.and_then(|l| l.status.as_ref());
     if let Some(ls) = live_status
         && ls.observed_generation == generation
+        && ls.target_nodes == status.target_nodes
         && condition::same_ignoring_time(&ls.conditions, &conditions)
     {
         return Ok(());
@@ -172,7 +175,11 @@ pub async fn apply_slb_status(
         "apiVersion": ServiceLoadBalancer::api_version(&()),
         "kind": ServiceLoadBalancer::kind(&()),
         "metadata": {"name": key.name, "namespace": key.namespace},
-        "status": {"observedGeneration": generation, "conditions": conditions},
+        "status": {
+            "observedGeneration": generation,
+            "conditions": conditions,
+            "targetNodes": status.target_nodes,
+        },
     });
     let api: Api<ServiceLoadBalancer> = Api::namespaced(ctx.client.clone(), &key.namespace);
     ctx.metrics.write("serviceloadbalancers/status", "patch");
