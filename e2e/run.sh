@@ -17,10 +17,9 @@
 #    If one is missing it prints a single line starting with "SKIP" and exits 0 without running
 #    anything; it never reports a pass it did not see. PORTWAY_E2E_REQUIRE=1 (CI) turns that
 #    skip into a failure.
-# 2. Builds the release binaries (in a Debian bookworm container when the host's glibc is newer
-#    than bookworm's, so they run in the images), the two images (scripts/build-images.sh), and
-#    the test binary, before any cluster exists (local: also portway-cluster, the static test
-#    programs and the harness images).
+# 2. Builds the two images with their static binaries (scripts/build-images.sh) and the test
+#    binary, before any cluster exists (local: also portway-cluster, the static test programs and
+#    the harness images).
 # 3. Creates the cluster from e2e/kind/<variant>.yaml: kube-controller-manager does not allocate
 #    pod CIDRs, Portway does.
 # 4. Loads Portway's images and the backend image into the nodes (`kind load docker-image`,
@@ -47,9 +46,8 @@
 #   PORTWAY_E2E_TEST_THREADS    tests run at once in phase 1 (default: 2)
 #   PORTWAY_E2E_BACKEND_IMAGE   backend image (default: registry.k8s.io/e2e-test-images/agnhost:2.53
 #                               on kind, the harness's netexec stand-in on local)
-#   PORTWAY_E2E_BUILDER_IMAGE   image that builds the binaries when the host glibc is too new
-#                               (default: rust:<rust-toolchain.toml channel>-bookworm)
-#   PORTWAY_BIN_DIR             use these `portway` and `portway-agent` binaries (glibc <= 2.36)
+#   PORTWAY_BIN_DIR             use these static `portway` and `portway-agent` binaries
+#                               (scripts/build-static.sh) instead of building them
 #   PORTWAY_IMAGE_TAG           tag of Portway's images (default: e2e)
 #   KIND_NODE_IMAGE             node image (default: the kind release's own)
 set -euo pipefail
@@ -244,11 +242,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- 2. binaries, images, test binary ----------------------------------------------------------
-glibc_ok() { # the host's glibc is at most Debian bookworm's 2.36
-  local v
-  v=$(ldd --version 2>/dev/null | head -n 1 | grep -oE '[0-9]+\.[0-9]+$' || true)
-  [ -n "$v" ] && [ "$(printf '%s\n2.36\n' "$v" | sort -V | tail -n 1)" = 2.36 ]
-}
 engine=docker
 if [ "$kind_of_cluster" = local ]; then
   engine=podman
@@ -259,27 +252,9 @@ fi
 if cluster_exists; then
   die "a $kind_of_cluster cluster named $cluster exists already; delete it or set PORTWAY_E2E_CLUSTER"
 fi
-bin_dir=${PORTWAY_BIN_DIR:-}
-if [ -z "$bin_dir" ]; then
-  if glibc_ok; then
-    log "cargo build --release (host glibc fits Debian bookworm)"
-    cargo build --release --locked -p portway-operator --bin portway -p portway-node-agent --bin portway-agent >&2
-    bin_dir=$target/release
-  elif [ "$engine" = docker ]; then
-    channel=$(sed -n 's/^channel[[:space:]]*=[[:space:]]*"\(.*\)"/\1/p' "$repo/rust-toolchain.toml")
-    builder=${PORTWAY_E2E_BUILDER_IMAGE:-rust:${channel}-bookworm}
-    log "host glibc is newer than bookworm's 2.36: building the binaries in $builder"
-    docker run --rm -u "$(id -u):$(id -g)" -v "$repo:/src" -w /src \
-      -e HOME=/tmp -e RUSTUP_TOOLCHAIN="$channel" \
-      -e CARGO_HOME=/src/target/bookworm-cargo-home -e CARGO_TARGET_DIR=/src/target/bookworm \
-      "$builder" \
-      cargo build --release --locked -p portway-operator --bin portway -p portway-node-agent --bin portway-agent >&2
-    bin_dir=$repo/target/bookworm/release
-  else
-    die "the host's glibc is newer than Debian bookworm's 2.36: set PORTWAY_BIN_DIR to binaries built on bookworm"
-  fi
-fi
-PORTWAY_BIN_DIR=$bin_dir PORTWAY_IMAGE_TAG=$tag bash "$repo/scripts/build-images.sh" "$engine" >&2
+# The images' static binaries are built by build-images.sh (scripts/build-static.sh) unless
+# PORTWAY_BIN_DIR names ready ones.
+PORTWAY_IMAGE_TAG=$tag bash "$repo/scripts/build-images.sh" "$engine" >&2
 # A second tag of the same images, for the tests that upgrade the release to a new image.
 for image in operator agent; do
   "$engine" tag "docker.io/portway/$image:$tag" "docker.io/portway/$image:$next_tag" >&2

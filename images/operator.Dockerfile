@@ -1,10 +1,11 @@
-# The Portway operator image: the `portway` binary (operator, `plan`, `migrate`, `crd`).
+# The Portway operator image: the static `portway` binary (operator, `plan`, `migrate`, `crd`,
+# `cleanup`) and examples/, on an empty base: no shell, no package manager, no libc.
 #
-# The binary is built on the host and copied in (scripts/build-images.sh stages it, stripped, with
-# examples/): no Rust toolchain, no build stage, nothing but the binary on a slim base.
-# The operator needs no privilege: it runs as uid 65532 on a read-only root filesystem.
-FROM debian:bookworm-slim
-
+# The binary is built statically on the host and staged, stripped, with examples/ by
+# scripts/build-images.sh. The operator needs no privilege: it runs as uid 65532 on a read-only
+# root filesystem; it reads the cluster's CA and token from its ServiceAccount, so the image needs
+# no CA bundle.
+FROM scratch
 ARG VERSION=dev
 LABEL org.opencontainers.image.title="portway-operator" \
       org.opencontainers.image.description="Portway operator: LoadBalancer Services on node ports, pod CIDRs for Nodes" \
@@ -16,7 +17,7 @@ COPY portway /usr/local/bin/portway
 # `portway plan examples/` works in the image's working directory (a demo without a cluster).
 COPY examples /usr/share/portway/examples
 WORKDIR /usr/share/portway
-
+ENV PATH=/usr/local/bin
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/portway"]
 CMD ["run"]

