@@ -209,6 +209,11 @@ cluster_export_logs() {
   fi
 }
 diagnose() { # what a failed run looked like, on stderr (the full logs go to $logs)
+  # Only this run's cluster: before `up` finished there is none to ask (and never ~/.kube/config).
+  if [ "${KUBECONFIG:-}" != "$kubeconfig" ] || [ ! -f "$kubeconfig" ]; then
+    log "no cluster API to ask: the cluster did not come up (its logs follow)"
+    return 0
+  fi
   log "state of the cluster after the failure:"
   kubectl get nodes -o wide >&2 || true
   kubectl get pods -A -o wide >&2 || true

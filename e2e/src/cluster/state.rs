@@ -37,6 +37,10 @@ pub const SHARED_DIRS: [&str; 7] = [
     "/var/lib/kubelet",
 ];
 
+/// kubelet's device-plugin socket: a fixed path, not under `--root-dir`, so the nodes' kubelets
+/// share it. Each removes it and binds it anew at start.
+pub const DEVICE_PLUGIN_SOCKET: &str = "/var/lib/kubelet/device-plugins/kubelet.sock";
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
     pub spec: ClusterSpec,

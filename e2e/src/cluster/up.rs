@@ -5,7 +5,7 @@
 //! writes their CNI config): that is the chicken and egg `docs/e2e.md` describes for kind too.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -17,7 +17,7 @@ use serde_json::json;
 use super::components::{self, Component, K8S_BINARIES};
 use super::render::{self, CNI_BIN_DIR};
 use super::spec::ClusterSpec;
-use super::state::{self, Record, SHARED_DIRS};
+use super::state::{self, DEVICE_PLUGIN_SOCKET, Record, SHARED_DIRS};
 use super::{ClusterError, Result, cgroup, images, net, pki, process, registry, seed, sys};
 use crate::kind::Variant;
 
@@ -204,6 +204,41 @@ fn start_all(record: &Record, names: impl Fn(&Component) -> bool) -> Result<()> 
     Ok(())
 }
 
+/// Starts the kubelets one at a time, each after the previous one has bound the shared
+/// [`DEVICE_PLUGIN_SOCKET`]. Started together, two kubelets can interleave their remove and bind
+/// (remove, remove, bind, bind): the loser logs "Failed to start ContainerManager ... bind:
+/// address already in use" and never registers its node (seen once in about ten `up`s).
+async fn start_kubelets(record: &Record, timeout: Duration) -> Result<()> {
+    let socket = Path::new(DEVICE_PLUGIN_SOCKET);
+    for c in record.components.iter().filter(|c| is(c, "kubelet")) {
+        let started = SystemTime::now();
+        let pid = process::start(&record.spec, c)?;
+        eprintln!("portway-cluster: started {} (pid {pid})", c.name);
+        wait_until(
+            &format!("{} to bind {DEVICE_PLUGIN_SOCKET}", c.name),
+            timeout,
+            || async { bound_since(changed_at(socket), started).then_some(()) },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// When `path`'s inode last changed (its creation, for a socket), if it exists.
+fn changed_at(path: &Path) -> Option<SystemTime> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let secs = u64::try_from(meta.ctime()).ok()?;
+    let nanos = u32::try_from(meta.ctime_nsec()).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// Whether a socket changed at `changed` was bound by a process started at `started`. (The inode
+/// number cannot tell: a file system may reuse the one just freed by the removal.)
+fn bound_since(changed: Option<SystemTime>, started: SystemTime) -> bool {
+    changed.is_some_and(|t| t >= started)
+}
+
 fn is(c: &Component, suffix: &str) -> bool {
     c.name == suffix || c.name.ends_with(&format!(".{suffix}"))
 }
@@ -336,8 +371,9 @@ pub async fn up(opts: &UpOptions) -> Result<Record> {
         started.elapsed().as_secs_f64()
     );
 
+    start_kubelets(&record, opts.timeout).await?;
     start_all(&record, |c| {
-        is(c, "kubelet") || is(c, "kube-scheduler") || is(c, "kube-proxy") || is(c, "netd")
+        is(c, "kube-scheduler") || is(c, "kube-proxy") || is(c, "netd")
     })?;
     let nodes: Api<Node> = Api::all(client.clone());
     wait_until("every node registered", opts.timeout, || async {
@@ -452,4 +488,44 @@ pub fn versions(k8s_bin: &Path) -> Vec<String> {
     out.push(first_line(sys::cmd("containerd", ["--version"])));
     out.push(first_line(sys::cmd("runc", ["--version"])));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_counts_as_bound_only_when_it_changed_after_the_start() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        assert!(!bound_since(None, start), "no socket yet");
+        assert!(
+            !bound_since(Some(start - Duration::from_millis(1)), start),
+            "the previous kubelet's socket"
+        );
+        assert!(bound_since(Some(start), start));
+        assert!(bound_since(Some(start + Duration::from_millis(300)), start));
+    }
+
+    #[test]
+    fn changed_at_reads_a_files_inode_change_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubelet.sock");
+        assert_eq!(changed_at(&path), None);
+        std::fs::write(&path, b"").unwrap();
+        let t = changed_at(&path).expect("a file that exists has a ctime");
+        let age = SystemTime::now().duration_since(t).unwrap_or_default();
+        assert!(
+            age < Duration::from_secs(60),
+            "ctime {t:?} is not this file's creation"
+        );
+    }
+
+    #[test]
+    fn every_node_has_a_kubelet_component_for_start_kubelets() {
+        let config = Variant::Ipv4.config().unwrap();
+        let spec = ClusterSpec::new("pwc-t", Variant::Ipv4, &config, Path::new("/tmp/x")).unwrap();
+        let all = components(&spec, Path::new("/k8s"), Path::new("/exe"));
+        let kubelets = all.iter().filter(|c| is(c, "kubelet")).count();
+        assert_eq!(kubelets, spec.nodes.len());
+    }
 }
