@@ -5,6 +5,7 @@
 //! begin with `serial_`: `e2e/run.sh` runs them one at a time after the rest of phase 1. Each
 //! puts the node back (kubelet started, node uncordoned) even when it fails.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -96,6 +97,17 @@ async fn serial_cordoned_and_drained_node_keeps_serving_through_its_agent() {
         let port = 18091;
         let (ns, all) = served_on_workers(&cluster, "drain", port, &mut cleanup).await?;
         let a = name_of(&cluster.zone_worker("a").await?);
+        // The agents' readiness probe runs every 5 s, so a just-served Service's agent may not be
+        // Ready yet: wait, then remember which pod serves worker a.
+        let workers: BTreeSet<String> = cluster.workers().await?.iter().map(name_of).collect();
+        wait_ready_agents(&cluster, &ns, "web", &workers, SERVE_TIMEOUT).await?;
+        let agent_on = |pods: &[Pod], node: &str| {
+            pods.iter()
+                .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+                .and_then(|p| p.metadata.uid.clone())
+        };
+        let agent_before = agent_on(&cluster.agent_pods(&ns, "web").await?, &a)
+            .ok_or_else(|| format!("no agent pod on {a}"))?;
 
         let load = RequestLoop::start(&all.iter().copied().collect::<Vec<_>>(), port, "/hostname", EVERY);
         let mut restore = NodeRestore::new(&cluster, &a);
@@ -119,8 +131,11 @@ async fn serial_cordoned_and_drained_node_keeps_serving_through_its_agent() {
             return Err(format!("backend pods still on the drained {a}: {on_a:?}"));
         }
         let agents = cluster.ready_agent_nodes(&ns, "web").await?;
-        if !agents.contains(&a) {
-            return Err(format!("the agent left the drained {a}: ready agents on {agents:?}"));
+        let agent_after = agent_on(&cluster.agent_pods(&ns, "web").await?, &a);
+        if !agents.contains(&a) || agent_after.as_ref() != Some(&agent_before) {
+            return Err(format!(
+                "the agent left the drained {a}: ready agents on {agents:?}, its pod {agent_before} -> {agent_after:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let during = load.stop().await;

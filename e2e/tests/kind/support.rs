@@ -479,6 +479,33 @@ pub fn dnat_packets(lines: &[String], ns: &str, name: &str, port: i32) -> u64 {
     packets(&rules)
 }
 
+/// Which path carried the TCP traffic to a node's published `addresses` on `port`, from the
+/// node's `iptables-save -c` lines: (packets on kube-proxy's "loadbalancer IP" rules for them,
+/// packets on the CNI portmap plugin's DNAT to a pod's host port). With `ipMode: VIP` kube-proxy
+/// (iptables mode) answers for the node's address itself, and its `PREROUTING` jump comes before
+/// the CNI's, so a `Pod`-dataplane agent's host port may see nothing (docs/node-agent.md).
+pub fn node_port_paths(lines: &[String], addresses: &[IpAddr], port: i32) -> (u64, u64) {
+    let dport = format!("--dport {port} ");
+    let to_address = |l: &str| {
+        addresses.iter().any(|ip| {
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            l.contains(&format!("-d {ip}/{bits} "))
+        })
+    };
+    let select = |keep: &dyn Fn(&str) -> bool| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains("-p tcp ") && l.contains(&dport) && keep(l))
+            .cloned()
+            .collect()
+    };
+    let proxy = select(&|l| {
+        l.contains("-A KUBE-SERVICES ") && l.contains("loadbalancer IP") && to_address(l)
+    });
+    let host_port = select(&|l| l.contains("-A CNI-DN-") && l.contains("-j DNAT "));
+    (packets(&proxy), packets(&host_port))
+}
+
 /// Packets counted by `iptables-save -c` on `lines` (`[packets:bytes] -A ...`).
 pub fn packets(lines: &[String]) -> u64 {
     lines
@@ -1104,7 +1131,33 @@ mod tests {
     use portway_node_agent::dataplane::iptables::render::{self, ChainNames, DEFAULT_PREFIX};
     use portway_node_agent::rules::{FamilyRules, Forward};
 
-    use super::dnat_packets;
+    use super::{dnat_packets, node_port_paths};
+
+    #[test]
+    fn node_port_paths_tells_kube_proxy_from_the_host_port() {
+        // As a worker of the local cluster showed them (ipMode VIP, then Proxy).
+        let lines: Vec<String> = [
+            r#"[4:240] -A KUBE-SERVICES -d 10.111.0.3/32 -p tcp -m comment --comment "default/web loadbalancer IP" -m tcp --dport 18080 -j KUBE-EXT-LOLE4ISW44XBNF3G"#,
+            r#"[9:540] -A KUBE-SERVICES -d 10.111.0.4/32 -p tcp -m comment --comment "default/web loadbalancer IP" -m tcp --dport 18080 -j KUBE-EXT-LOLE4ISW44XBNF3G"#,
+            r#"[5:300] -A KUBE-SERVICES -d 10.96.171.188/32 -p tcp -m comment --comment "default/web cluster IP" -m tcp --dport 18080 -j KUBE-SVC-LOLE4ISW44XBNF3G"#,
+            r#"[2:120] -A CNI-DN-b75be9099bf472c20dfd5 -s 10.244.1.0/24 -p tcp -m tcp --dport 18080 -j CNI-HOSTPORT-SETMARK"#,
+            r#"[5:300] -A CNI-DN-b75be9099bf472c20dfd5 -p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.244.1.4:18080"#,
+            r#"[3:180] -A CNI-DN-0123456789abcdef01234 -p tcp -m tcp --dport 18081 -j DNAT --to-destination 10.244.1.7:18081"#,
+            r#"[6:360] -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name" -m multiport --dports 18080 -j CNI-DN-b75be9099bf472c20dfd5"#,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let here = [IpAddr::from([10, 111, 0, 3])];
+        // Only this node's address, only this port, only the DNAT (not the mark, not the jump).
+        assert_eq!(node_port_paths(&lines, &here, 18080), (4, 5));
+        assert_eq!(node_port_paths(&lines, &here, 18081), (0, 3));
+        let v6 = ["fd00:10:111::3".parse::<IpAddr>().unwrap()];
+        let lines6 = vec![
+            r#"[7:560] -A KUBE-SERVICES -d fd00:10:111::3/128 -p tcp -m comment --comment "default/web loadbalancer IP" -m tcp --dport 18080 -j KUBE-EXT-X"#.to_owned(),
+        ];
+        assert_eq!(node_port_paths(&lines6, &v6, 18080), (7, 0));
+        assert_eq!(node_port_paths(&lines6, &here, 18080), (0, 0));
+    }
 
     /// `iptables-save -c` lines of what the agent renders for `ns/name` forwarding TCP `port`
     /// (and UDP on the same port, which must not count) to `targets`, every rule counted 7.

@@ -12,7 +12,9 @@
 //! Failed requests are counted per phase, dataplane and node, and printed. The Host dataplane
 //! must drop nothing and keep its long-lived connections (its agents leave their rules to the
 //! next one); the Pod dataplane's figures are reported, not asserted (its rules go with the pod's
-//! network namespace: docs/node-agent.md, "Upgrades and restarts").
+//! network namespace: docs/node-agent.md, "Upgrades and restarts"), with the path its traffic
+//! took on each node: kube-proxy's own rule for the published node address, or the CNI's host
+//! port to the agent pod (`node_port_paths`).
 //!
 //! It restarts every agent of the cluster, so it runs alone: e2e/run.sh gives it a phase of its
 //! own with `PORTWAY_E2E_ALLOW_UPGRADE=1`. The new tag is `PORTWAY_E2E_NEXT_IMAGE_TAG`, which the
@@ -40,6 +42,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_secs(5);
 /// Longest wait for one rollout.
 const ROLLOUT_TIMEOUT: &str = "300s";
+/// Requests sent to each address of the Pod-dataplane Service before reading which path counted
+/// them.
+const PATH_BURST: usize = 10;
 
 /// One loop's target.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -383,6 +388,31 @@ async fn rollout_restart_and_helm_upgrade_drop_no_host_traffic() {
         cluster.helm_upgrade(&["--set-string", &set]).await?;
         wait_rolled(&cluster, &daemonsets, Some(&image)).await?;
         restore.tag = None;
+
+        // Which path the Pod dataplane's requests take on each node (reported, not asserted: it
+        // depends on the service proxy; with kube-proxy in iptables mode and ipMode VIP,
+        // kube-proxy answers for the node's address before the CNI's host port). kube-proxy
+        // rewrites its chains (and so zeroes its counters) when it syncs, and every new agent pod
+        // gets new CNI chains: count right after a burst of requests, now that nothing rolls.
+        let mut paths = Vec::new();
+        for w in &workers {
+            let node = name_of(w);
+            let published: Vec<IpAddr> =
+                internal_ips(w).into_iter().filter(|ip| expected.contains(ip)).collect();
+            for ip in &published {
+                for _ in 0..PATH_BURST {
+                    http_get(*ip, pod.port, "/hostname").await?;
+                }
+            }
+            let rules: Vec<String> =
+                cluster.node_rules(&node)?.lines().map(str::to_owned).collect();
+            let (proxy, host_port) = node_port_paths(&rules, &published, pod.port);
+            paths.push(format!(
+                "{node}: kube-proxy loadbalancer-IP rule {proxy} packets, CNI host port {host_port} \
+                 (after {PATH_BURST} requests per address)"
+            ));
+        }
+        lines.push(format!("Pod dataplane's path (port {}): {}", pod.port, paths.join("; ")));
 
         report::line(&format!(
             "kind upgrades ({}), one request every {} ms per address, a keep-alive connection each:\n  {}",
