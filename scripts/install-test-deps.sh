@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Portway's tests need on a fresh Debian machine, idempotently:
 #   - apt: iptables (legacy + nft), iproute2, nftables, and the tools the real-kernel tests use;
+#     for the scripts test (e2e/run.sh) the shellcheck linter;
 #     for the image tests' static and cross builds (scripts/build-static.sh) musl-tools and the
 #     other architecture's cross gcc and libc headers, and qemu-user-static to run arm64 binaries
 #     and images on amd64 (or the reverse)
@@ -27,7 +28,7 @@ if [ -n "$other" ]; then
     "qemu-$other-static:qemu-user-static")
 fi
 for cmd in iptables:iptables ip6tables:iptables iptables-legacy:iptables iptables-nft:iptables \
-           ip:iproute2 nft:nftables unzip:unzip "${cross[@]}"; do
+           ip:iproute2 nft:nftables unzip:unzip shellcheck:shellcheck "${cross[@]}"; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need_apt+=("${cmd#*:}")
 done
 # The cross compiler's libc headers (ring's C code includes them).
@@ -39,7 +40,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-test-deps: apt-get install ${need_apt[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >&2
-    apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need_apt[@]}" | sort -u) >&2
+    mapfile -t packages < <(printf '%s\n' "${need_apt[@]}" | sort -u)
+    apt-get install -y -q --no-install-recommends "${packages[@]}" >&2
   else
     echo "install-test-deps: missing ${need_apt[*]} and not root; tests that need them will skip" >&2
   fi
