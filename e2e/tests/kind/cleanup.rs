@@ -3,11 +3,8 @@
 //! namespace, where `iptables-save` on the node must show none of that Service's chains
 //! afterwards; in the `Pod` dataplane they go with the pod's namespace.
 
-use portway_e2e::report;
-use serde_json::json;
-
-use crate::config::ZONE_LABEL;
 use crate::support::*;
+use portway_e2e::report;
 
 #[tokio::test]
 #[ignore = "needs a kind cluster: e2e/run.sh"]
@@ -18,28 +15,10 @@ async fn deleting_a_service_removes_its_daemonset_and_rules() {
     };
     let mut cleanup = Cleanup::new(&cluster);
     run(TEST, async {
-        let pool = pool(
-            &cluster,
-            "gone",
-            json!({"matchExpressions": [{"key": ZONE_LABEL, "operator": "Exists"}]}),
-            "Host",
-            &mut cleanup,
-        )
-        .await?;
-        let ns = namespace(&cluster, "gone", &mut cleanup).await?;
-        backend(&cluster, &ns, "web", None, 1).await?;
-        let host = ServiceOptions { port: 18083, local: false, pool: Some(&pool), app: Some("web") };
-        let pod = ServiceOptions { port: 18084, local: false, pool: None, app: Some("web") };
-        service(&cluster, &ns, "host-web", &host).await?;
-        service(&cluster, &ns, "pod-web", &pod).await?;
-        let workers = cluster.workers().await?;
-        let expected = expected_ingress(&workers, &cluster.families());
-        wait_ingress(&cluster, &ns, "host-web", &expected, SERVE_TIMEOUT).await?;
-        wait_ingress(&cluster, &ns, "pod-web", &expected, SERVE_TIMEOUT).await?;
-        for ip in &expected {
-            http_get_eventually(*ip, host.port, "/hostname", SERVE_TIMEOUT).await?;
-            http_get_eventually(*ip, pod.port, "/hostname", SERVE_TIMEOUT).await?;
-        }
+        let (host_port, pod_port) = (18083, 18084);
+        let BothDataplanes { ns, workers, .. } =
+            served_in_both_dataplanes(&cluster, "gone", (host_port, pod_port), 1, &mut cleanup)
+                .await?;
         let mut installed = 0;
         for w in &workers {
             let lines = cluster.portway_lines(&name_of(w), Some((&ns, "host-web")))?;

@@ -1104,6 +1104,57 @@ pub async fn served_on_workers(
     Ok((ns, expected))
 }
 
+/// What [`served_in_both_dataplanes`] set up.
+pub struct BothDataplanes {
+    pub ns: String,
+    pub workers: Vec<Node>,
+    /// The workers' published addresses, the same for both Services.
+    pub expected: BTreeSet<IpAddr>,
+}
+
+/// `host-web` on port `host_port` of a `Host`-dataplane pool of the zoned workers and `pod-web`
+/// on port `pod_port` of the default (`Pod`) pool, both before a `web` backend of `replicas`
+/// pods, published on every worker and answering on every published address.
+pub async fn served_in_both_dataplanes(
+    cluster: &Cluster,
+    prefix: &str,
+    (host_port, pod_port): (i32, i32),
+    replicas: i32,
+    cleanup: &mut Cleanup,
+) -> R<BothDataplanes> {
+    let zoned = json!({"matchExpressions": [{"key": ZONE_LABEL, "operator": "Exists"}]});
+    let pool = pool(cluster, prefix, zoned, "Host", cleanup).await?;
+    let ns = namespace(cluster, prefix, cleanup).await?;
+    backend(cluster, &ns, "web", None, replicas).await?;
+    let host = ServiceOptions {
+        port: host_port,
+        local: false,
+        pool: Some(&pool),
+        app: Some("web"),
+    };
+    let pod = ServiceOptions {
+        port: pod_port,
+        local: false,
+        pool: None,
+        app: Some("web"),
+    };
+    service(cluster, &ns, "host-web", &host).await?;
+    service(cluster, &ns, "pod-web", &pod).await?;
+    let workers = cluster.workers().await?;
+    let expected = expected_ingress(&workers, &cluster.families());
+    wait_ingress(cluster, &ns, "host-web", &expected, SERVE_TIMEOUT).await?;
+    wait_ingress(cluster, &ns, "pod-web", &expected, SERVE_TIMEOUT).await?;
+    for ip in &expected {
+        http_get_eventually(*ip, host_port, "/hostname", SERVE_TIMEOUT).await?;
+        http_get_eventually(*ip, pod_port, "/hostname", SERVE_TIMEOUT).await?;
+    }
+    Ok(BothDataplanes {
+        ns,
+        workers,
+        expected,
+    })
+}
+
 /// The operator Deployment's pods (by the chart's component label).
 pub async fn operator_pods(cluster: &Cluster) -> R<Vec<Pod>> {
     cluster

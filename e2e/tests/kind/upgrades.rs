@@ -25,12 +25,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use portway_e2e::{report, wait};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::config::ZONE_LABEL;
 use crate::support::*;
 use crate::traffic::RequestLoop;
 
@@ -279,29 +277,14 @@ async fn rollout_restart_and_helm_upgrade_drop_no_host_traffic() {
         tag: None,
     };
     run(TEST, async {
-        let pool = pool(
-            &cluster,
-            "upgr",
-            json!({"matchExpressions": [{"key": ZONE_LABEL, "operator": "Exists"}]}),
-            "Host",
-            &mut cleanup,
-        )
-        .await?;
-        let ns = namespace(&cluster, "upgr", &mut cleanup).await?;
-        backend(&cluster, &ns, "web", None, 2).await?;
-        let host = ServiceOptions { port: 18086, local: false, pool: Some(&pool), app: Some("web") };
-        let pod = ServiceOptions { port: 18087, local: false, pool: None, app: Some("web") };
-        service(&cluster, &ns, "host-web", &host).await?;
-        service(&cluster, &ns, "pod-web", &pod).await?;
-        let workers = cluster.workers().await?;
-        let expected = expected_ingress(&workers, &cluster.families());
-        wait_ingress(&cluster, &ns, "host-web", &expected, SERVE_TIMEOUT).await?;
-        wait_ingress(&cluster, &ns, "pod-web", &expected, SERVE_TIMEOUT).await?;
+        let (host_port, pod_port) = (18086, 18087);
+        let BothDataplanes { ns, workers, expected } =
+            served_in_both_dataplanes(&cluster, "upgr", (host_port, pod_port), 2, &mut cleanup)
+                .await?;
         let mut targets = Vec::new();
         for w in &workers {
             for ip in internal_ips(w).into_iter().filter(|ip| expected.contains(ip)) {
-                for (dataplane, port) in [("Host", host.port), ("Pod", pod.port)] {
-                    http_get_eventually(ip, port, "/hostname", SERVE_TIMEOUT).await?;
+                for (dataplane, port) in [("Host", host_port), ("Pod", pod_port)] {
                     targets.push(Target { dataplane, node: name_of(w), ip, port });
                 }
             }
@@ -401,18 +384,18 @@ async fn rollout_restart_and_helm_upgrade_drop_no_host_traffic() {
                 internal_ips(w).into_iter().filter(|ip| expected.contains(ip)).collect();
             for ip in &published {
                 for _ in 0..PATH_BURST {
-                    http_get(*ip, pod.port, "/hostname").await?;
+                    http_get(*ip, pod_port, "/hostname").await?;
                 }
             }
             let rules: Vec<String> =
                 cluster.node_rules(&node)?.lines().map(str::to_owned).collect();
-            let (proxy, host_port) = node_port_paths(&rules, &published, pod.port);
+            let (proxy, host_port) = node_port_paths(&rules, &published, pod_port);
             paths.push(format!(
                 "{node}: kube-proxy loadbalancer-IP rule {proxy} packets, CNI host port {host_port} \
                  (after {PATH_BURST} requests per address)"
             ));
         }
-        lines.push(format!("Pod dataplane's path (port {}): {}", pod.port, paths.join("; ")));
+        lines.push(format!("Pod dataplane's path (port {}): {}", pod_port, paths.join("; ")));
 
         report::line(&format!(
             "kind upgrades ({}), one request every {} ms per address, a keep-alive connection each:\n  {}",
