@@ -109,6 +109,12 @@ fn compiled(kind: Kind) -> &'static Compiled {
     })
 }
 
+/// The OpenAPI v3 schema of `kind`'s CRD (its only version), as JSON; `null` if it has none.
+/// Built once, with the validator [`validate`] uses.
+pub fn schema(kind: Kind) -> &'static Value {
+    &compiled(kind).schema
+}
+
 /// OpenAPI's `nullable: true` as JSON-schema: `type: X` becomes `type: [X, "null"]`.
 fn with_nullable_types(mut schema: Value) -> Value {
     fn walk(v: &mut Value) {

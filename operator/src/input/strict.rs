@@ -14,12 +14,8 @@
 //!
 //! Paths are written as the API server writes them: `spec.ports[0].nme`.
 
-use std::sync::OnceLock;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::CustomResourceExt;
-use portway_crds::validation::Kind;
-use portway_crds::{ClusterCIDR, LoadBalancerPool, ServiceLoadBalancer};
+use portway_crds::validation::{self, Kind};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -42,7 +38,7 @@ pub fn decode<T: DeserializeOwned>(doc: Value) -> Result<(T, Vec<String>), serde
 pub fn unknown_crd_fields(kind: Kind, doc: &Value) -> Vec<String> {
     let mut unknown = Vec::new();
     if let Value::Object(map) = doc {
-        let schema = crd_schema(kind);
+        let schema = validation::schema(kind);
         for (key, value) in map {
             if key == "metadata" {
                 // The API server decodes a custom resource's metadata as an ObjectMeta.
@@ -69,28 +65,6 @@ pub fn reason(unknown: &[String]) -> String {
         .map(|f| format!("unknown field {f:?}"))
         .collect();
     format!("{STRICT_DECODING_ERROR}: {}", fields.join(", "))
-}
-
-/// The OpenAPI schema of `kind`'s CRD (its only version), as JSON.
-fn crd_schema(kind: Kind) -> &'static Value {
-    static POOL: OnceLock<Value> = OnceLock::new();
-    static CIDR: OnceLock<Value> = OnceLock::new();
-    static SLB: OnceLock<Value> = OnceLock::new();
-    let (cell, crd): (_, fn() -> _) = match kind {
-        Kind::LoadBalancerPool => (&POOL, LoadBalancerPool::crd),
-        Kind::ClusterCIDR => (&CIDR, ClusterCIDR::crd),
-        Kind::ServiceLoadBalancer => (&SLB, ServiceLoadBalancer::crd),
-    };
-    cell.get_or_init(|| {
-        crd()
-            .spec
-            .versions
-            .first()
-            .and_then(|v| v.schema.as_ref())
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-            .and_then(|s| serde_json::to_value(s).ok())
-            .unwrap_or(Value::Null)
-    })
 }
 
 /// Checks `value`, found under `key` of an object whose schema is `parent`.
