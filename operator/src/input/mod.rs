@@ -56,8 +56,8 @@ pub enum FieldValidation {
     Ignore,
 }
 
-/// A document that was read but not used, and why.
-#[derive(Clone, Debug, PartialEq)]
+/// A document that was read but not used, and why (`rejected` in `portway plan -o json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Skipped {
     /// `file#document-index` (`file#document-index.items[i]` for an item of a `List`).
     pub source: String,

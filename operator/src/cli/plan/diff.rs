@@ -14,10 +14,10 @@ use portway_crds::condition::{self, types};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::json::{Rejected, rejected, to_json};
+use super::json::to_json;
 use super::{Args, Format, Plan, Problem, fail, finish, plan_time, ready_reason};
 use crate::cidr::NodeCidrs;
-use crate::input::read_paths;
+use crate::input::{Skipped, read_paths};
 
 /// `format` of the diff document.
 pub const DIFF_FORMAT: &str = "portway.dev/plan-diff/v1";
@@ -44,7 +44,7 @@ pub struct PlanDiff {
     /// Nodes whose pod CIDRs (or their ClusterCIDR or state) differ, by name.
     pub nodes: Vec<NodeChange>,
     /// Documents of DIR_B not used.
-    pub rejected: Vec<Rejected>,
+    pub rejected: Vec<Skipped>,
     /// What `--strict` fails on in DIR_B.
     pub problems: Vec<Problem>,
 }
@@ -378,7 +378,7 @@ pub fn diff(a: &Plan<'_>, b: &Plan<'_>, from: &str, to: &str) -> PlanDiff {
         daemon_sets,
         pools,
         nodes,
-        rejected: rejected(b),
+        rejected: b.rejected.iter().map(|&s| s.clone()).collect(),
         problems: b.problems(),
     }
 }

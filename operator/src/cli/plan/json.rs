@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{Plan, Problem, pool_status_object, ready_reason, service_status_object};
 use crate::cidr::{ClusterCidrOutcome, NodeCidrs};
+use crate::input::Skipped;
 use crate::plan::PoolPlan;
 
 /// `format` of the plan document.
@@ -40,7 +41,7 @@ pub struct PlanDocument<'a> {
     /// its DaemonSet, ServiceLoadBalancer and Service status; RoleBindings; pool statuses.
     pub objects: Vec<Value>,
     /// Documents not used, by source.
-    pub rejected: Vec<Rejected>,
+    pub rejected: Vec<&'a Skipped>,
     /// What `--strict` fails on.
     pub problems: Vec<Problem>,
 }
@@ -84,16 +85,6 @@ pub struct ServiceEntry {
 pub struct IgnoredService {
     pub namespace: String,
     pub name: String,
-    pub reason: String,
-}
-
-/// A document not used.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Rejected {
-    /// `file#document-index`.
-    pub source: String,
-    /// `Kind/namespace/name`, as far as known.
-    pub object: String,
     pub reason: String,
 }
 
@@ -164,21 +155,9 @@ pub fn document<'a>(plan: &'a Plan<'a>) -> PlanDocument<'a> {
         nodes,
         pod_cidr_error,
         objects,
-        rejected: rejected(plan),
+        rejected: plan.rejected.clone(),
         problems,
     }
-}
-
-/// The rejected documents of `plan`.
-pub fn rejected(plan: &Plan<'_>) -> Vec<Rejected> {
-    plan.rejected
-        .iter()
-        .map(|s| Rejected {
-            source: s.source.clone(),
-            object: s.object.clone(),
-            reason: s.reason.clone(),
-        })
-        .collect()
 }
 
 fn to_value<T: Serialize>(v: &T) -> Option<Value> {
