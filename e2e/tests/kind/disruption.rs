@@ -8,7 +8,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use portway_crds::condition::{reasons, types};
@@ -181,16 +180,11 @@ async fn serial_operator_pod_deleted_under_load_loses_no_request() {
     run(TEST, async {
         let port = 18092;
         let (ns, all) = served_on_workers(&cluster, "opdel", port, &mut cleanup).await?;
-        let leases = cluster.api::<Lease>(&cluster.namespace);
-        let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
         let before = operator_pods(&cluster).await?;
         let old: Vec<String> = before.iter().filter_map(|p| p.metadata.name.clone()).collect();
-        let old_holder = holder(
-            leases
-                .get("portway-operator")
-                .await
-                .map_err(|e| format!("the operator's Lease: {e}"))?,
-        );
+        let old_holder = lease_holder(&cluster)
+            .await
+            .ok_or("the operator's Lease is missing or has no holder")?;
 
         let load = RequestLoop::start(&all.iter().copied().collect::<Vec<_>>(), port, "/hostname", EVERY);
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -207,17 +201,10 @@ async fn serial_operator_pod_deleted_under_load_loses_no_request() {
             "a new operator pod, Ready and holding the Lease",
             SERVE_TIMEOUT,
             || async {
-                let pods = operator_pods(&cluster).await.ok()?;
-                let ready: Vec<String> = pods
-                    .iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
-                    .filter_map(|p| p.metadata.name.clone())
-                    .filter(|n| !old.contains(n))
-                    .collect();
-                // The Lease identity is `<pod name>_<pid>`.
-                let h = holder(leases.get("portway-operator").await.ok()?);
-                let pod = h.rsplit_once('_').map(|(pod, _)| pod.to_owned())?;
-                ready.contains(&pod).then_some(h)
+                let ready = ready_operator_pods(&cluster).await.ok()?;
+                let h = lease_holder(&cluster).await?;
+                let pod = holder_pod(&h)?;
+                (ready.contains(pod) && !old.iter().any(|o| o == pod)).then_some(h)
             },
         )
         .await

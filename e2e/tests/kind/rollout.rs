@@ -7,37 +7,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
 use portway_e2e::{report, wait};
+use portway_operator::cleanup::OPERATOR_DEPLOYMENT as DEPLOYMENT;
 
 use crate::support::*;
 use crate::traffic::RequestLoop;
 
-const DEPLOYMENT: &str = "portway-operator";
-const LEASE: &str = "portway-operator";
 /// `kubectl rollout status` bound.
 const ROLLOUT_TIMEOUT: &str = "240s";
-
-/// The Lease holder's pod (the identity is `<pod name>_<pid>`).
-async fn lease_pod(cluster: &Cluster) -> Option<String> {
-    let lease = cluster
-        .api::<Lease>(&cluster.namespace)
-        .get(LEASE)
-        .await
-        .ok()?;
-    let holder = lease.spec?.holder_identity?;
-    holder.rsplit_once('_').map(|(pod, _)| pod.to_owned())
-}
-
-/// Ready operator pods that are not terminating.
-async fn ready_operator_pods(cluster: &Cluster) -> R<BTreeSet<String>> {
-    Ok(operator_pods(cluster)
-        .await?
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
-        .filter_map(|p| p.metadata.name.clone())
-        .collect())
-}
 
 /// Waits until `replicas` operator pods, none of `old`, are ready and one of them holds the
 /// Lease; returns the holder.
@@ -49,9 +26,10 @@ async fn wait_new_leader(cluster: &Cluster, old: &BTreeSet<String>, replicas: us
             let ready = ready_operator_pods(cluster).await.ok()?;
             let all = operator_pods(cluster).await.ok()?;
             let fresh = ready.iter().filter(|p| !old.contains(*p)).count();
-            let holder = lease_pod(cluster).await?;
-            (fresh == replicas && all.len() == replicas && ready.contains(&holder))
-                .then_some(holder)
+            let holder = lease_holder(cluster).await?;
+            let holder = holder_pod(&holder)?;
+            (fresh == replicas && all.len() == replicas && ready.contains(holder))
+                .then(|| holder.to_owned())
         },
     )
     .await

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -1163,6 +1164,31 @@ pub async fn operator_pods(cluster: &Cluster) -> R<Vec<Pod>> {
         .await
         .map(|l| l.items)
         .map_err(|e| format!("list operator pods: {e}"))
+}
+
+/// Ready operator pods that are not terminating.
+pub async fn ready_operator_pods(cluster: &Cluster) -> R<BTreeSet<String>> {
+    Ok(operator_pods(cluster)
+        .await?
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect())
+}
+
+/// The holder identity of the operator's Lease (`<pod name>_<pid>`), if it is held.
+pub async fn lease_holder(cluster: &Cluster) -> Option<String> {
+    let lease = cluster
+        .api::<Lease>(&cluster.namespace)
+        .get(portway_operator::controllers::lease::LEASE_NAME)
+        .await
+        .ok()?;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// The pod of a Lease holder identity (`<pod name>_<pid>`).
+pub fn holder_pod(identity: &str) -> Option<&str> {
+    identity.rsplit_once('_').map(|(pod, _)| pod)
 }
 
 /// Runs a test body under [`TEST_BUDGET`] and turns its error into a panic with the message.
