@@ -85,22 +85,19 @@ pub fn apiserver(spec: &ClusterSpec, bin: &Path) -> Component {
             arg("advertise-address", cp.ips[0]),
             arg("bind-address", if spec.has_v6() { "::" } else { "0.0.0.0" }),
             arg("secure-port", API_PORT),
-            arg(
-                "tls-cert-file",
-                p(pki.join(format!("{}.crt", pki::APISERVER))),
-            ),
+            arg("tls-cert-file", p(pki.join(pki::cert_file(pki::APISERVER)))),
             arg(
                 "tls-private-key-file",
-                p(pki.join(format!("{}.key", pki::APISERVER))),
+                p(pki.join(pki::key_file(pki::APISERVER))),
             ),
             arg("client-ca-file", p(pki.join(pki::CA_CERT))),
             arg(
                 "kubelet-client-certificate",
-                p(pki.join(format!("{}.crt", pki::APISERVER_KUBELET_CLIENT))),
+                p(pki.join(pki::cert_file(pki::APISERVER_KUBELET_CLIENT))),
             ),
             arg(
                 "kubelet-client-key",
-                p(pki.join(format!("{}.key", pki::APISERVER_KUBELET_CLIENT))),
+                p(pki.join(pki::key_file(pki::APISERVER_KUBELET_CLIENT))),
             ),
             arg("kubelet-preferred-address-types", "InternalIP"),
             arg("kubelet-certificate-authority", p(pki.join(pki::CA_CERT))),

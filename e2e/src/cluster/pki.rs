@@ -6,11 +6,11 @@
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use super::spec::{CLUSTER_DOMAIN, ClusterSpec};
+use crate::envtest::pki::{CertPair, issue, name as dn, self_signed_ca};
 
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
@@ -100,17 +100,8 @@ pub fn apiserver_sans(spec: &ClusterSpec) -> (Vec<String>, Vec<IpAddr>) {
 /// Every file of the PKI folder: `(name, contents)`. Keys are PKCS#8 PEM.
 pub fn generate(spec: &ClusterSpec) -> Result<Vec<(String, String)>, rcgen::Error> {
     let mut files = Vec::new();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name = dn(&format!("portway-cluster-ca-{}", spec.name), None);
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate()?;
-    files.push((CA_KEY.to_owned(), ca_key.serialize_pem()));
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let ca = self_signed_ca(&format!("portway-cluster-ca-{}", spec.name))?;
+    files.push((CA_KEY.to_owned(), ca.key().serialize_pem()));
     files.push((CA_CERT.to_owned(), ca.pem()));
 
     let (dns, ips) = apiserver_sans(spec);
@@ -132,10 +123,7 @@ pub fn generate(spec: &ClusterSpec) -> Result<Vec<(String, String)>, rcgen::Erro
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca)?;
-        files.push((format!("{}.crt", id.stem), cert.pem()));
-        files.push((format!("{}.key", id.stem), key.serialize_pem()));
+        files.extend(pair_files(&id.stem, issue(&params, &ca)?));
     }
     let sa = KeyPair::generate()?;
     files.push((SA_KEY.to_owned(), sa.serialize_pem()));
@@ -160,21 +148,24 @@ fn serving(
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, ca)?;
-    Ok([
-        (format!("{stem}.crt"), cert.pem()),
-        (format!("{stem}.key"), key.serialize_pem()),
-    ])
+    Ok(pair_files(stem, issue(&params, ca)?))
 }
 
-fn dn(common_name: &str, organization: Option<&str>) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    if let Some(org) = organization {
-        dn.push(DnType::OrganizationName, org);
-    }
-    dn
+/// The certificate file of an identity or serving stem (`<stem>.crt`).
+pub fn cert_file(stem: &str) -> String {
+    format!("{stem}.crt")
+}
+
+/// The key file of an identity or serving stem (`<stem>.key`).
+pub fn key_file(stem: &str) -> String {
+    format!("{stem}.key")
+}
+
+fn pair_files(stem: &str, pair: CertPair) -> [(String, String); 2] {
+    [
+        (cert_file(stem), pair.cert_pem),
+        (key_file(stem), pair.key_pem),
+    ]
 }
 
 #[cfg(test)]

@@ -29,15 +29,7 @@ pub struct Pki {
 impl Pki {
     /// Generates a fresh CA, serving certificate and service-account key.
     pub fn generate() -> Result<Self, rcgen::Error> {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name = name("portway-envtest-ca", None);
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let ca = self_signed_ca("portway-envtest-ca")?;
 
         let mut serving_params = CertificateParams::new(vec!["localhost".to_owned()])?;
         serving_params
@@ -49,15 +41,11 @@ impl Pki {
             KeyUsagePurpose::KeyEncipherment,
         ];
         serving_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let serving_key = KeyPair::generate()?;
-        let serving_cert = serving_params.signed_by(&serving_key, &ca)?;
+        let serving = issue(&serving_params, &ca)?;
 
         let sa_key = KeyPair::generate()?;
         Ok(Self {
-            serving: CertPair {
-                cert_pem: serving_cert.pem(),
-                key_pem: serving_key.serialize_pem(),
-            },
+            serving,
             sa_signing_key_pem: sa_key.serialize_pem(),
             sa_public_key_pem: sa_key.public_key_pem(),
             ca,
@@ -82,16 +70,40 @@ impl Pki {
         params.distinguished_name = name(user, group);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.ca)?;
-        Ok(CertPair {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        issue(&params, &self.ca)
     }
 }
 
-fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {
+/// A self-signed CA named `common_name` (also the local cluster's, [`crate::cluster::pki`]).
+pub(crate) fn self_signed_ca(
+    common_name: &str,
+) -> Result<CertifiedIssuer<'static, KeyPair>, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(common_name, None);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    CertifiedIssuer::self_signed(params, KeyPair::generate()?)
+}
+
+/// A certificate for `params` with a fresh key, signed by `ca`.
+pub(crate) fn issue(
+    params: &CertificateParams,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+) -> Result<CertPair, rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, ca)?;
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A subject: CN `common_name`, O `organization` if given.
+pub(crate) fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     if let Some(org) = organization {
