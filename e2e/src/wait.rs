@@ -52,9 +52,19 @@ where
 
 /// Calls `probe` every [`POLL_INTERVAL`] until it returns `Some`, at most `timeout`. For states
 /// that span several objects (a watch on one object cannot see them).
-pub async fn eventually<T, F, Fut>(
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> Result<T, WaitError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_every(what, timeout, POLL_INTERVAL, probe).await
+}
+
+/// [`eventually`], probing every `interval` (for probes that run a program or are costly).
+pub async fn eventually_every<T, F, Fut>(
     what: &str,
     timeout: Duration,
+    interval: Duration,
     mut probe: F,
 ) -> Result<T, WaitError>
 where
@@ -73,6 +83,6 @@ where
                 after: timeout,
             });
         }
-        tokio::time::sleep(POLL_INTERVAL.min(timeout.saturating_sub(started.elapsed()))).await;
+        tokio::time::sleep(interval.min(timeout.saturating_sub(started.elapsed()))).await;
     }
 }

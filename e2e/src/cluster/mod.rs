@@ -70,8 +70,8 @@ pub enum ClusterError {
     State(String),
     #[error("{K8S_BIN_ENV}={dir}: missing {missing:?}")]
     Binaries { dir: PathBuf, missing: Vec<String> },
-    #[error("timed out after {secs} s waiting for {what}")]
-    Timeout { what: String, secs: u64 },
+    #[error(transparent)]
+    Wait(#[from] crate::wait::WaitError),
 }
 
 impl ClusterError {

@@ -18,13 +18,13 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::images::TAG;
 use super::registry;
 use super::sys::{self, cmd, run};
 use super::{ClusterError, Result};
+use crate::envtest::process::ManagedProcess;
 
 /// The seed store's default folder.
 pub const SEED_ROOT: &str = "/var/tmp/portway-cluster-seed";
@@ -130,64 +130,36 @@ pub fn build(seed: &Seed) -> Result<()> {
     Ok(())
 }
 
-/// A `docker-registry` child on the loopback, killed when dropped.
-struct TempRegistry {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl TempRegistry {
-    fn start(root: &Path, work: &Path) -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(ClusterError::io("find a free loopback port"))?
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let config = work.join("config.yml");
-        let text = serde_json::to_string_pretty(&registry::config(root, addr))
-            .map_err(|e| ClusterError::State(format!("registry config: {e}")))?;
-        sys::write(&config, text)?;
-        let log = work.join("registry.log");
-        let out = std::fs::File::create(&log)
-            .map_err(ClusterError::io(format!("create {}", log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(ClusterError::io("duplicate a log file"))?;
-        let child = Command::new(registry::PROGRAM)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(ClusterError::io(format!("start {}", registry::PROGRAM)))?;
-        let mut r = Self { child, addr, log };
-        let start = Instant::now();
-        while !registry::answers(addr) {
-            if start.elapsed() > REGISTRY_START || matches!(r.child.try_wait(), Ok(Some(_))) {
-                return Err(ClusterError::State(format!(
-                    "the temporary registry on {addr} did not answer: {}",
-                    r.log_tail()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(200));
+/// Starts a `docker-registry` child on the loopback with storage `root` (its config and log in
+/// `work`); the child, stopped when dropped, and its address once it answers.
+fn start_temp_registry(root: &Path, work: &Path) -> Result<(ManagedProcess, SocketAddr)> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(ClusterError::io("find a free loopback port"))?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = work.join("config.yml");
+    let text = serde_json::to_string_pretty(&registry::config(root, addr))
+        .map_err(|e| ClusterError::State(format!("registry config: {e}")))?;
+    sys::write(&config, text)?;
+    let mut process = ManagedProcess::spawn(
+        registry::PROGRAM,
+        Path::new(registry::PROGRAM),
+        &["serve".to_owned(), config.display().to_string()],
+        &work.join("registry.log"),
+    )
+    .map_err(ClusterError::io(format!("start {}", registry::PROGRAM)))?;
+    let start = Instant::now();
+    while !registry::answers(addr) {
+        if start.elapsed() > REGISTRY_START || process.exit_status().is_some() {
+            return Err(ClusterError::State(format!(
+                "the temporary registry on {addr} did not answer: {}",
+                process.log_tail(5).replace('\n', " | ")
+            )));
         }
-        Ok(r)
+        std::thread::sleep(Duration::from_millis(200));
     }
-
-    fn log_tail(&mut self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
-    }
-}
-
-impl Drop for TempRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Ok((process, addr))
 }
 
 /// Builds every stand-in and makes a new seed store with them (replacing the old one only when
@@ -215,12 +187,12 @@ pub fn seed_store(store: &Path) -> Result<Vec<String>> {
     let work = tempfile::tempdir().map_err(ClusterError::io("temp folder for a registry"))?;
     let mut index = String::new();
     {
-        let reg = TempRegistry::start(&root, work.path())?;
+        let (_registry, addr) = start_temp_registry(&root, work.path())?;
         for s in &all {
             let path = registry::mirror_path(s.upstream).ok_or_else(|| {
                 ClusterError::State(format!("{} is not on a mirrored registry", s.upstream))
             })?;
-            let dest = format!("{}/{path}", reg.addr);
+            let dest = format!("{addr}/{path}");
             eprintln!("portway-cluster: pushing {} as {}", s.local, s.upstream);
             run(&mut cmd(
                 "podman",

@@ -33,6 +33,8 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 pub const EXCLUDE_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane:NoSchedule";
+/// The file in a cluster's state folder that `up` writes its record to ([`ClusterSpec::spec_file`]).
+pub const SPEC_FILE: &str = "cluster.json";
 /// Length limit of a Linux interface name.
 const IFNAMSIZ: usize = 15;
 
@@ -295,7 +297,7 @@ impl ClusterSpec {
     }
     /// The marker `up` writes last: the cluster was started completely.
     pub fn spec_file(&self) -> PathBuf {
-        self.state_dir.join("cluster.json")
+        self.state_dir.join(SPEC_FILE)
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::components::Component;
-use super::spec::{ClusterSpec, NodeSpec, STATE_ROOT};
+use super::spec::{ClusterSpec, NodeSpec, SPEC_FILE, STATE_ROOT};
 use super::{ClusterError, Result, sys};
 
 /// Host-wide sysctls kubelet sets when `protectKernelDefaults` is off (and would refuse to start
@@ -64,7 +64,7 @@ impl Record {
     }
 
     pub fn load(dir: &Path) -> Result<Record> {
-        let file = dir.join("cluster.json");
+        let file = dir.join(SPEC_FILE);
         let text = std::fs::read_to_string(&file)
             .map_err(ClusterError::io(format!("read {}", file.display())))?;
         serde_json::from_str(&text)
@@ -127,7 +127,10 @@ pub fn find(name: Option<&str>) -> Result<Record> {
 pub fn find_node(node: &str) -> Result<(Record, NodeSpec)> {
     all()
         .into_iter()
-        .find_map(|r| Some((r.node(node)?.clone(), r)).map(|(n, r)| (r, n)))
+        .find_map(|r| {
+            let n = r.node(node)?.clone();
+            Some((r, n))
+        })
         .ok_or_else(|| ClusterError::State(format!("no local cluster has a node {node}")))
 }
 

@@ -19,7 +19,9 @@ use super::render::{self, CNI_BIN_DIR};
 use super::spec::ClusterSpec;
 use super::state::{self, DEVICE_PLUGIN_SOCKET, Record, SHARED_DIRS};
 use super::{ClusterError, Result, cgroup, images, net, pki, process, registry, seed, sys};
+use crate::envtest::process::log_tail;
 use crate::kind::Variant;
+use crate::wait::eventually_every;
 
 /// The field manager of the harness's writes.
 pub const FIELD_MANAGER: &str = "portway-cluster";
@@ -114,20 +116,14 @@ pub fn write_files(spec: &ClusterSpec) -> Result<()> {
     for (name, contents) in pki::generate(spec)? {
         sys::write(&spec.pki_dir().join(name), contents)?;
     }
-    let mut stems: Vec<String> = [
-        pki::ADMIN,
-        pki::CONTROLLER_MANAGER,
-        pki::SCHEDULER,
-        pki::PROXY,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    stems.extend(spec.nodes.iter().map(|n| pki::kubelet_stem(&n.name)));
-    for stem in stems {
+    // A kubeconfig per client identity but the API server's own (it reads its files by flag).
+    for id in pki::identities(spec)
+        .iter()
+        .filter(|id| id.stem != pki::APISERVER_KUBELET_CLIENT)
+    {
         sys::write(
-            &render::kubeconfig_path(spec, &stem),
-            json_text(&render::kubeconfig(spec, &stem))?,
+            &render::kubeconfig_path(spec, &id.stem),
+            json_text(&render::kubeconfig(spec, &id.stem))?,
         )?;
     }
     for node in &spec.nodes {
@@ -175,26 +171,8 @@ pub async fn admin_client(spec: &ClusterSpec) -> Result<Client> {
     Client::try_from(config).map_err(ClusterError::kube("admin client"))
 }
 
-/// Polls `check` every 500 ms until it gives a value, at most `timeout`.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if start.elapsed() > timeout {
-            return Err(ClusterError::Timeout {
-                what: what.to_owned(),
-                secs: timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
+/// How often `up`'s waits probe (some probes run `ctr` or list every Node).
+pub const POLL: Duration = Duration::from_millis(500);
 
 fn start_all(record: &Record, names: impl Fn(&Component) -> bool) -> Result<()> {
     for c in record.components.iter().filter(|c| names(c)) {
@@ -214,9 +192,10 @@ async fn start_kubelets(record: &Record, timeout: Duration) -> Result<()> {
         let started = SystemTime::now();
         let pid = process::start(&record.spec, c)?;
         eprintln!("portway-cluster: started {} (pid {pid})", c.name);
-        wait_until(
+        eventually_every(
             &format!("{} to bind {DEVICE_PLUGIN_SOCKET}", c.name),
             timeout,
+            POLL,
             || async { bound_since(changed_at(socket), started).then_some(()) },
         )
         .await?;
@@ -335,7 +314,7 @@ pub async fn up(opts: &UpOptions) -> Result<Record> {
 
     start_all(&record, |c| is(c, "etcd") || is(c, "kube-apiserver"))?;
     let client = admin_client(spec).await?;
-    wait_until("kube-apiserver /readyz", opts.timeout, || async {
+    eventually_every("kube-apiserver /readyz", opts.timeout, POLL, || async {
         let req = http::Request::get("/readyz").body(Vec::new()).ok()?;
         client
             .request_text(req)
@@ -352,9 +331,10 @@ pub async fn up(opts: &UpOptions) -> Result<Record> {
     start_all(&record, |c| is(c, "containerd"))?;
     for node in &spec.nodes {
         let socket = spec.containerd_socket(node);
-        wait_until(
+        eventually_every(
             &format!("containerd of {}", node.name),
             opts.timeout,
+            POLL,
             || async { sys::run(sys::cmd("ctr", ["--address"]).arg(&socket).arg("version")).ok() },
         )
         .await?;
@@ -376,7 +356,7 @@ pub async fn up(opts: &UpOptions) -> Result<Record> {
         is(c, "kube-scheduler") || is(c, "kube-proxy") || is(c, "netd")
     })?;
     let nodes: Api<Node> = Api::all(client.clone());
-    wait_until("every node registered", opts.timeout, || async {
+    eventually_every("every node registered", opts.timeout, POLL, || async {
         let list = nodes.list(&ListParams::default()).await.ok()?;
         spec.nodes
             .iter()
@@ -420,16 +400,14 @@ async fn start_mirror(spec: &ClusterSpec, record: &Record, timeout: Duration) ->
         .component("registry")
         .ok_or_else(|| ClusterError::State("no registry component".into()))?;
     // Fails at once when the registry exits (its port taken, say), with the end of its log.
-    wait_until("the registry mirror", timeout, || async move {
+    eventually_every("the registry mirror", timeout, POLL, || async move {
         if registry::answers(addr) {
             Some(Ok(()))
         } else if process::running(spec, component).is_none() {
-            let log = std::fs::read_to_string(process::log_file(spec, &component.name))
-                .unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
+            let tail = log_tail(&process::log_file(spec, &component.name), 3);
             Some(Err(ClusterError::State(format!(
                 "the registry mirror on {addr} exited: {}",
-                lines[lines.len().saturating_sub(3)..].join(" | ")
+                tail.replace('\n', " | ")
             ))))
         } else {
             None
