@@ -25,7 +25,7 @@ use kube::runtime::wait::conditions;
 use kube::{Client, ResourceExt};
 use portway_crds::condition::{self, reasons, types};
 use portway_crds::names::API_VERSION;
-use portway_crds::{ClusterCIDR, ServiceLoadBalancer};
+use portway_crds::{ClusterCIDR, ServiceLoadBalancer, ServiceLoadBalancerStatus};
 use portway_e2e::agent::NodeAgent;
 use portway_e2e::apply::{Applier, Document, parse_documents};
 use portway_e2e::envtest::workspace_root;
@@ -163,6 +163,16 @@ async fn apply_status(
         .await
         .map(drop)
         .map_err(|e| api_error(&e))
+}
+
+/// The status of ServiceLoadBalancer `web` in `namespace`, as the admin reads it.
+async fn web_status(admin: &Client, namespace: &str) -> ServiceLoadBalancerStatus {
+    Api::<ServiceLoadBalancer>::namespaced(admin.clone(), namespace)
+        .get("web")
+        .await
+        .expect("slb")
+        .status
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,12 +442,7 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
         denied.contains("may change only the status.nodes entry of that node"),
         "{denied}"
     );
-    let before = Api::<ServiceLoadBalancer>::namespaced(admin.clone(), &shop)
-        .get("web")
-        .await
-        .expect("slb")
-        .status
-        .unwrap_or_default();
+    let before = web_status(&admin, &shop).await;
 
     let mut refusals: Vec<(&str, String)> = Vec::new();
     let mut expect_refused =
@@ -600,12 +605,7 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
             .map_err(|e| status_error(&e)),
         "403",
     );
-    let after = Api::<ServiceLoadBalancer>::namespaced(admin.clone(), &shop)
-        .get("web")
-        .await
-        .expect("slb")
-        .status
-        .unwrap_or_default();
+    let after = web_status(&admin, &shop).await;
     assert_eq!(after, before, "a refused request changed the status");
     assert_eq!(
         ingress_ips(
@@ -620,13 +620,7 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
     // A stopping agent reads its ServiceLoadBalancer (granted `get`): its node is still a
     // target, so (a rolling update) it leaves its rules and its Forwarding=True entry for the
     // next agent, and both nodes stay published.
-    let listed = Api::<ServiceLoadBalancer>::namespaced(admin.clone(), &shop)
-        .get("web")
-        .await
-        .expect("slb")
-        .status
-        .unwrap_or_default()
-        .target_nodes;
+    let listed = web_status(&admin, &shop).await.target_nodes;
     assert_eq!(
         listed,
         ["node-a", "node-b"],
@@ -639,13 +633,7 @@ async fn chart_rbac_is_enough_for_the_operator_and_confines_the_agents() {
             "a replaced agent leaves its rules"
         );
     }
-    let entries = Api::<ServiceLoadBalancer>::namespaced(admin.clone(), &shop)
-        .get("web")
-        .await
-        .expect("slb")
-        .status
-        .unwrap_or_default()
-        .nodes;
+    let entries = web_status(&admin, &shop).await.nodes;
     assert!(
         entries.iter().all(|e| e
             .conditions
