@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
+use portway_e2e::envtest::workspace_root;
+
 /// The cargo profile scripts/build-images.sh ships the images with.
 pub const SHIPPED_PROFILE: &str = "image";
 
@@ -17,13 +19,6 @@ pub fn profile() -> String {
         .ok()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "image-test".to_owned())
-}
-
-pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
 }
 
 pub fn run(cmd: &str, args: &[&str]) -> Output {
@@ -248,7 +243,7 @@ pub fn images() -> &'static Result<Images, String> {
             .collect();
         let started = std::time::Instant::now();
         let out = Command::new("bash")
-            .current_dir(workspace())
+            .current_dir(workspace_root())
             .arg("scripts/build-images.sh")
             .arg("podman")
             .env("CARGO_TARGET_DIR", &target_dir)
